@@ -1,0 +1,64 @@
+"""The in-memory image set every stage exchanges: uint8 images + labels + ids."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from noisy_student.io import atomic_path
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Images ``(N, H, W)`` or ``(N, H, W, C)`` uint8 in 0..255.
+
+    ``labels`` are class indices, -1 where unknown (out-of-domain images);
+    ``ids`` are stable integer ids unique across all splits of one prepare run;
+    ``source`` names where each image came from (e.g. ``fashion_mnist``, ``digits``).
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    ids: np.ndarray
+    source: np.ndarray
+
+    def __post_init__(self) -> None:
+        n = len(self.images)
+        if self.images.dtype != np.uint8:
+            raise ValueError(f"images must be uint8, got {self.images.dtype}")
+        for name in ("labels", "ids", "source"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"{name} has {len(getattr(self, name))} rows, images have {n}")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, index: np.ndarray) -> ImageSet:
+        return ImageSet(self.images[index], self.labels[index], self.ids[index], self.source[index])
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.images.ndim == 3 else int(self.images.shape[-1])
+
+
+def save_imageset(path: str | Path, data: ImageSet) -> None:
+    """Write an uncompressed ``.npz`` atomically (uncompressed: bytes hash stably, loads fast)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(
+                fh,
+                images=data.images,
+                labels=data.labels.astype(np.int64),
+                ids=data.ids.astype(np.int64),
+                source=data.source.astype(str),
+            )
+
+
+def load_imageset(path: str | Path) -> ImageSet:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: image set not found (run the 'prepare' stage first: dvc repro prepare)")
+    with np.load(path, allow_pickle=False) as z:
+        return ImageSet(z["images"], z["labels"], z["ids"], z["source"])

@@ -1,0 +1,49 @@
+"""Clean accuracy: top-k metrics as pure functions, and batched model inference."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+
+def topk_accuracy(logits: np.ndarray, labels: np.ndarray, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
+    """Fraction (0..1) of rows whose label is among the ``k`` largest logits, for each k.
+
+    Rows with label < 0 (unknown) are ignored.
+    """
+    keep = labels >= 0
+    logits, labels = logits[keep], labels[keep]
+    if len(labels) == 0:
+        return {f"top{k}": float("nan") for k in ks}
+    order = np.argsort(-logits, axis=1, kind="stable")
+    out = {}
+    for k in ks:
+        hit = (order[:, : min(k, logits.shape[1])] == labels[:, None]).any(axis=1)
+        out[f"top{k}"] = float(hit.mean())
+    return out
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module,
+    images: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+    desc: str = "predict",
+    progress: bool = True,
+) -> np.ndarray:
+    """Logits ``(N, K)`` float32 for uint8 images ``(N, C, H, W)``, model in eval mode, no augmentation."""
+    was_training = model.training
+    model.eval()
+    outs = []
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    with autocast:
+        for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", disable=not progress):
+            x = images[start : start + batch_size].to(device, non_blocking=True).float().div_(255)
+            outs.append(model(x).float().cpu())
+    model.train(was_training)
+    return torch.cat(outs).numpy() if outs else np.zeros((0, 0), np.float32)

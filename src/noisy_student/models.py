@@ -1,0 +1,149 @@
+"""timm models, their small-image variants, and self-describing checkpoints.
+
+A checkpoint holds the model's construction recipe next to its weights, so
+any stage can rebuild the exact network from the file alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from noisy_student.config import ModelParams
+from noisy_student.io import atomic_path
+
+CHECKPOINT_FORMAT = "noisy-student-classifier/1"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a classifier; stored in every checkpoint."""
+
+    arch: str
+    num_classes: int
+    in_chans: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    small_image: bool = True
+    kwargs: dict[str, Any] | None = None
+
+
+class ImageClassifier(nn.Module):
+    """A timm network behind its own input normalisation.
+
+    ``forward`` takes float images ``(B, C, H, W)`` in 0..1 and returns logits
+    ``(B, num_classes)``. Keeping normalisation inside the module makes
+    adversarial attacks and corruptions operate in pixel space.
+    """
+
+    def __init__(self, net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std)
+
+
+def make_small_image(net: nn.Module) -> nn.Module:
+    """Adapt an ImageNet network to 28-32 px inputs by removing early downsampling.
+
+    ResNets lose the stem max-pool (the first conv keeps stride 2). EfficientNets
+    follow the paper's SVHN model: the 2nd and 3rd stages get stride 1, so a
+    32 px input ends in a 4x4 feature map.
+    """
+    if isinstance(net, timm.models.ResNet):
+        net.maxpool = nn.Identity()
+        return net
+    if isinstance(net, timm.models.EfficientNet):
+        for stage in (1, 2):
+            for module in net.blocks[stage][0].modules():
+                if isinstance(module, nn.Conv2d) and module.stride != (1, 1):
+                    module.stride = (1, 1)
+        return net
+    raise ValueError(
+        f"model.small_image is implemented for timm ResNet and EfficientNet families, not "
+        f"{type(net).__name__}; set model.small_image: false"
+    )
+
+
+def create_classifier(
+    params: ModelParams,
+    num_classes: int,
+    in_chans: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    drop_rate: float = 0.0,
+    drop_path_rate: float = 0.0,
+) -> tuple[ImageClassifier, ModelSpec]:
+    """Build a classifier from the timm registry.
+
+    ``drop_rate`` is dropout before the final layer; ``drop_path_rate`` is the
+    stochastic-depth drop probability of the last block, decaying linearly to
+    0 at the first (timm's rule = the paper's survival 0.8 at the last block
+    for 0.2).
+    """
+    if params.arch not in timm.list_models() and not timm.is_model(params.arch):
+        raise ValueError(f"model.arch: '{params.arch}' is not a timm model (see timm.list_models())")
+    extra: dict[str, Any] = dict(params.kwargs)
+    if params.pretrained_file:
+        path = Path(params.pretrained_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"model.pretrained_file: {path} does not exist")
+        extra.update(pretrained=True, pretrained_cfg_overlay={"file": str(path)})
+    net = timm.create_model(
+        params.arch,
+        num_classes=num_classes,
+        in_chans=in_chans,
+        drop_rate=drop_rate,
+        drop_path_rate=drop_path_rate,
+        **extra,
+    )
+    if params.small_image:
+        net = make_small_image(net)
+    spec = ModelSpec(
+        params.arch, num_classes, in_chans, tuple(mean), tuple(std), params.small_image, dict(params.kwargs)
+    )
+    return ImageClassifier(net, mean, std), spec
+
+
+def save_checkpoint(path: str | Path, model: ImageClassifier, spec: ModelSpec, meta: dict[str, Any]) -> None:
+    """Write weights + spec + metadata atomically."""
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "spec": asdict(spec),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "meta": meta,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_classifier(
+    path: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[ImageClassifier, ModelSpec, dict[str, Any]]:
+    """Rebuild a classifier from a checkpoint written by :func:`save_checkpoint` (eval mode)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: model checkpoint not found (train it first: dvc repro)")
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint (format={state.get('format')!r})")
+    spec_d = state["spec"]
+    spec = ModelSpec(**{**spec_d, "mean": tuple(spec_d["mean"]), "std": tuple(spec_d["std"])})
+    model, _ = create_classifier(
+        ModelParams(arch=spec.arch, kwargs=spec.kwargs or {}, small_image=spec.small_image),
+        spec.num_classes,
+        spec.in_chans,
+        spec.mean,
+        spec.std,
+    )
+    model.load_state_dict(state["state_dict"])
+    model.eval()
+    return model, spec, state.get("meta", {})

@@ -1,0 +1,56 @@
+"""Input noise: random crop + flip + RandAugment, applied per image on a batch.
+
+Model noise (dropout, stochastic depth) lives in the network (see
+``models.create_classifier``); this module only transforms pixels.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchvision.transforms import v2
+
+from noisy_student.config import NoiseParams
+
+
+class BatchAugment:
+    """Augment a uint8 batch ``(B, C, H, W)`` with an independent draw per image.
+
+    Crop and flip are vectorised; RandAugment (torchvision v2, magnitude on
+    the paper's 0..30 scale) is drawn per image because the paper samples ops
+    per image. Uses torch's global RNG, so ``torch.manual_seed`` makes it
+    reproducible.
+    """
+
+    def __init__(self, noise: NoiseParams, augment: bool = True) -> None:
+        self.enabled = augment
+        self.padding = noise.crop_padding
+        self.hflip = noise.hflip
+        self.randaugment = (
+            v2.RandAugment(num_ops=noise.randaugment_num_ops, magnitude=noise.randaugment_magnitude)
+            if noise.randaugment_num_ops > 0
+            else None
+        )
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if not self.enabled or len(images) == 0:
+            return images
+        out = random_crop(images, self.padding) if self.padding else images
+        if self.hflip:
+            flip = torch.rand(len(out), device=out.device) < 0.5
+            out = torch.where(flip.view(-1, 1, 1, 1), out.flip(-1), out)
+        if self.randaugment is not None:
+            out = torch.stack([self.randaugment(img) for img in out])
+        return out
+
+
+def random_crop(images: torch.Tensor, padding: int) -> torch.Tensor:
+    """Zero-pad by ``padding`` and crop back to the original size at a random offset per image."""
+    b, _, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (padding, padding, padding, padding))
+    dy = torch.randint(0, 2 * padding + 1, (b,), device=images.device)
+    dx = torch.randint(0, 2 * padding + 1, (b,), device=images.device)
+    rows = (dy.view(b, 1) + torch.arange(h, device=images.device)).view(b, 1, h, 1)
+    cols = (dx.view(b, 1) + torch.arange(w, device=images.device)).view(b, 1, 1, w)
+    batch = torch.arange(b, device=images.device).view(b, 1, 1, 1)
+    chans = torch.arange(images.shape[1], device=images.device).view(1, -1, 1, 1)
+    return padded[batch, chans, rows, cols]

@@ -1,0 +1,128 @@
+"""Shared edge of the two training stages: build, train, checkpoint, log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+
+from noisy_student.config import ModelParams, NoiseParams, OptimParams, Params
+from noisy_student.data import ImageSet
+from noisy_student.evaluation import predict_logits, topk_accuracy
+from noisy_student.io import atomic_path
+from noisy_student.models import ImageClassifier, create_classifier, save_checkpoint
+from noisy_student.plots import training_curves
+from noisy_student.training import TrainData, resolve_device, run_key, train_classifier
+from stages._common import Timer, images_tensor, project_root, write_metrics
+
+NUM_CLASSES = 10
+
+
+def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean/std in 0..1 of the labeled images (the model's normalisation)."""
+    x = images.astype(np.float32) / 255.0
+    axes = (0, 1, 2)
+    if x.ndim == 3:
+        return (float(x.mean()),), (float(x.std()),)
+    return tuple(x.mean(axis=axes).tolist()), tuple(x.std(axis=axes).tolist())
+
+
+def fit(
+    name: str,
+    params: Params,
+    model_params: ModelParams,
+    optim: OptimParams,
+    noise: NoiseParams,
+    labeled: ImageSet,
+    test: ImageSet,
+    out: Path,
+    metrics_path: Path,
+    unlabeled_images: torch.Tensor | None = None,
+    unlabeled_targets: torch.Tensor | None = None,
+    unlabeled_ratio: int = 0,
+    extra_metrics: dict[str, float] | None = None,
+    key_extra: object = None,
+) -> ImageClassifier:
+    """Train one model, save it at ``out`` and its metrics/curves beside the DVC metrics."""
+    device = resolve_device(params.device)
+    mean, std = channel_stats(labeled.images)
+    model, spec = create_classifier(
+        model_params,
+        NUM_CLASSES,
+        labeled.channels,
+        mean,
+        std,
+        drop_rate=noise.dropout,
+        drop_path_rate=noise.stochastic_depth,
+    )
+    test_images = images_tensor(test.images)
+
+    def eval_fn(m: ImageClassifier) -> dict[str, float]:
+        logits = predict_logits(m, test_images, params.eval.batch_size, device, progress=False)
+        acc = topk_accuracy(logits, test.labels)
+        return {"test_top1": acc["top1"], "test_top5": acc["top5"]}
+
+    def on_epoch(record: dict[str, float]) -> None:
+        mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=int(record["epoch"]))
+
+    data = TrainData(
+        images_tensor(labeled.images),
+        torch.nn.functional.one_hot(torch.from_numpy(labeled.labels), NUM_CLASSES).float(),
+        unlabeled_images,
+        unlabeled_targets,
+    )
+    key = run_key(
+        name,
+        params.seed,
+        model_params.model_dump(),
+        optim.model_dump(),
+        noise.model_dump(),
+        unlabeled_ratio,
+        len(labeled),
+        key_extra,
+    )
+    timer = Timer()
+    final, history = train_classifier(
+        model,
+        data,
+        optim,
+        noise,
+        unlabeled_ratio=unlabeled_ratio,
+        device=device,
+        seed=params.seed,
+        checkpoint_path=project_root() / ".checkpoints" / f"{name}.pt",
+        checkpoint_key=key,
+        eval_fn=eval_fn,
+        on_epoch=on_epoch,
+        desc=name,
+    )
+    final = final.cpu().eval()
+    n_params = sum(p.numel() for p in final.parameters())
+    save_checkpoint(out, final, spec, {"name": name, "params": n_params, "epochs": optim.epochs})
+
+    frame = pd.DataFrame(history)
+    curves_csv = metrics_path.parent / "curves" / f"{name}.csv"
+    with atomic_path(curves_csv) as tmp:
+        frame.to_csv(tmp, index=False)
+    png = metrics_path.parent / "curves" / f"{name}.png"
+    training_curves(frame, name, png)
+    mlflow.log_artifact(str(png), "plots")
+    mlflow.log_artifact(str(curves_csv), "curves")
+    last = history[-1]
+    write_metrics(
+        metrics_path,
+        {
+            "test_top1": last["test_top1"],
+            "test_top5": last["test_top5"],
+            "best_logged_test_top1": float(frame["test_top1"].max()),
+            "final_train_loss": last["train_loss"],
+            "epochs": optim.epochs,
+            "parameters": int(n_params),
+            "train_seconds": timer.seconds,
+            **(extra_metrics or {}),
+        },
+    )
+    return final

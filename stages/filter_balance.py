@@ -1,0 +1,74 @@
+"""Stage `filter-balance`: confidence threshold, per-class cap K, duplication up to K."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pyarrow.parquet as pq
+import typer
+
+from noisy_student.io import atomic_path
+from noisy_student.plots import confidence_histogram
+from noisy_student.pseudo_labels import filter_and_balance
+from stages._common import PARAMS_OPTION, friendly_errors, params_or_exit, stage_run, write_metrics
+
+NUM_CLASSES = 10
+
+
+def main(
+    iteration: str = typer.Option(..., help="Iteration name."),
+    predictions: Path = typer.Option(..., help="Folder of Parquet shards from `predict`."),
+    out: Path = typer.Option(..., help="Selected rows (Parquet): id, copies, pred, confidence, probs."),
+    metrics: Path = typer.Option(..., help="Stats JSON (DVC metric)."),
+    plot: Path = typer.Option(..., help="Confidence histogram PNG."),
+    classes_csv: Path = typer.Option(..., help="Per-class kept/dropped counts (CSV, DVC plot)."),
+    params_file: Path = PARAMS_OPTION,
+) -> None:
+    """Select pseudo-labeled images the paper's way and record what was kept and dropped."""
+    params = params_or_exit(params_file)
+    f = params.filter
+    with friendly_errors():
+        if not predictions.is_dir():
+            raise FileNotFoundError(f"{predictions}: predictions folder not found (run `predict` first)")
+        table = pq.read_table(predictions)
+    pred = table["pred"].to_numpy()
+    conf = table["confidence"].to_numpy()
+    label = table["label"].to_numpy()
+    is_ood = label < 0
+    with stage_run("filter-balance", params, ("filter",), iteration):
+        selected, stats = filter_and_balance(
+            pred, conf, NUM_CLASSES, f.confidence_threshold, f.images_per_class, f.balance, params.seed
+        )
+        rows = selected["row"].to_numpy()
+        out_table = table.take(rows).append_column("copies", [selected["copies"].to_numpy()])
+        with atomic_path(out) as tmp:
+            pq.write_table(out_table, tmp)
+        kept_ood = int(is_ood[rows].sum())
+        in_dom_rows = rows[~is_ood[rows]]
+        stats.update(
+            {
+                "out_of_domain_in": int(is_ood.sum()),
+                "out_of_domain_kept": kept_ood,
+                "out_of_domain_dropped": int(is_ood.sum()) - kept_ood,
+                "selected_pseudo_label_accuracy": float((pred[in_dom_rows] == label[in_dom_rows]).mean())
+                if len(in_dom_rows)
+                else float("nan"),
+            }
+        )
+        per_class = pd.DataFrame(stats.pop("per_class"))
+        with atomic_path(classes_csv) as tmp:
+            per_class.to_csv(tmp, index=False)
+        mlflow.log_artifact(str(classes_csv), "tables")
+        confidence_histogram(conf, is_ood, f.confidence_threshold, f"teacher confidence ({iteration})", plot)
+        mlflow.log_artifact(str(plot), "plots")
+        write_metrics(metrics, stats)
+    typer.echo(
+        f"filter-balance: {stats['unique']} unique / {stats['total']} total rows kept of {stats['rows_in']}; "
+        f"out-of-domain dropped {stats['out_of_domain_dropped']}/{stats['out_of_domain_in']}"
+    )
+
+
+if __name__ == "__main__":
+    typer.run(main)

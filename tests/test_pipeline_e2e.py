@@ -1,0 +1,68 @@
+"""End to end: real `dvc repro`, `dvc exp run -S`, `dvc push` on the micro profile, real MLflow store."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from tests.conftest import run
+
+DVC = [sys.executable, "-m", "dvc"]
+EXPECTED_RUNS = {"prepare", "teacher", "predict@it1", "filter-balance@it1", "student@it1", "eval@teacher", "eval@it1"}
+
+
+def _runs(repo: Path) -> list[mlflow.entities.Run]:
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("noisy-student")
+    assert exp is not None, "the stages did not create the MLflow experiment"
+    return client.search_runs([exp.experiment_id], max_results=1000)
+
+
+@pytest.mark.slow
+def test_repro_exp_run_and_push(micro_project: Path) -> None:
+    repo = micro_project
+    out = run(DVC + ["repro"], repo).stdout
+    for stage in ("prepare", "teacher", "predict@it1", "filter-balance@it1", "student@it1", "eval@teacher", "eval@it1"):
+        assert f"'{stage}'" in out, f"stage {stage} did not run:\n{out}"
+
+    for name in ("prepare", "teacher", "predict-it1", "filter-it1", "student-it1", "eval-teacher", "eval-it1"):
+        data = json.loads((repo / "metrics" / f"{name}.json").read_text())
+        assert data, name
+    for model in ("teacher", "it1"):
+        acc = json.loads((repo / "metrics" / f"eval-{model}.json").read_text())
+        assert 0.0 <= acc["top1"] <= acc["top5"] <= 1.0
+        assert acc["images"] == 200
+    assert (repo / "metrics" / "plots" / "confidence-it1.png").stat().st_size > 1000
+
+    runs = _runs(repo)
+    names = {r.info.run_name for r in runs}
+    assert EXPECTED_RUNS <= names, names
+    student = next(r for r in runs if r.info.run_name == "student@it1")
+    assert student.data.params["noise.randaugment_magnitude"] == "9"
+    assert "test_top1" in student.data.metrics and "train_loss" in student.data.metrics
+    assert student.data.tags["stage"] == "student"
+
+    # nothing changed: nothing reruns
+    assert "Stage 'teacher' didn't change" in run(DVC + ["repro"], repo).stdout
+
+    # the -S override reruns only what depends on the student's noise
+    exp = run(DVC + ["exp", "run", "-n", "mag3", "-S", "noise.randaugment_magnitude=3"], repo).stdout
+    assert "Running stage 'student@it1'" in exp and "Running stage 'eval@it1'" in exp, exp
+    for upstream in ("prepare", "teacher", "predict@it1", "filter-balance@it1", "eval@teacher"):
+        assert f"Running stage '{upstream}'" not in exp, exp
+    shown = json.loads(run(DVC + ["exp", "show", "--json"], repo).stdout)
+    assert "mag3" in json.dumps(shown)
+    mag3 = [
+        r
+        for r in _runs(repo)
+        if r.info.run_name == "student@it1" and r.data.params["noise.randaugment_magnitude"] == "3"
+    ]
+    assert len(mag3) == 1
+
+    # outputs go to the default local remote
+    run(DVC + ["push"], repo)
+    assert any((repo.parent / "remote").rglob("*")), "dvc push wrote nothing to the local remote"
