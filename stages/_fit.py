@@ -15,7 +15,7 @@ from noisy_student.evaluation import predict_logits, topk_accuracy
 from noisy_student.io import atomic_path
 from noisy_student.models import ImageClassifier, create_classifier, save_checkpoint
 from noisy_student.plots import training_curves
-from noisy_student.training import TrainData, resolve_device, run_key, train_classifier
+from noisy_student.training import TrainData, resolve_device, run_key, seed_everything, train_classifier
 from stages._common import Timer, images_tensor, project_root, write_metrics
 
 NUM_CLASSES = 10
@@ -49,6 +49,7 @@ def fit(
     """Train one model, save it at ``out`` and its metrics/curves beside the DVC metrics."""
     device = resolve_device(params.device)
     mean, std = channel_stats(labeled.images)
+    seed_everything(params.seed)  # reproducible initial weights
     model, spec = create_classifier(
         model_params,
         NUM_CLASSES,

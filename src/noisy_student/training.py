@@ -226,7 +226,12 @@ def train_classifier(
             loss_sum += float(loss.detach()) * len(x)
             seen += len(x)
             bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / seen:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.4g}")
+            bar.set_postfix(
+                epoch=epoch + 1,
+                loss=f"{loss_sum / seen:.4f}",
+                lr=f"{optimizer.param_groups[0]['lr']:.4g}",
+                refresh=False,
+            )
         record: dict[str, float] = {
             "epoch": epoch + 1,
             "train_loss": loss_sum / max(seen, 1),

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from noisy_student.config import ParamsError, load_params, parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_default_params_file_is_valid() -> None:
+    params = load_params(ROOT / "params.yaml")
+    assert params.filter.confidence_threshold == 0.3
+    assert params.pseudo_labels.mode == "soft"
+    assert list(params.iterations) == ["it1"]
+
+
+def _raw() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_out_of_range_value_names_key_value_and_range() -> None:
+    raw = _raw()
+    raw["noise"]["randaugment_magnitude"] = 40
+    with pytest.raises(ParamsError) as err:
+        parse_params(raw, "params.yaml")
+    msg = str(err.value)
+    assert "params.yaml" in msg and "noise.randaugment_magnitude" in msg and "40" in msg and "30" in msg
+
+
+def test_bad_choice_lists_allowed_values() -> None:
+    raw = _raw()
+    raw["pseudo_labels"]["mode"] = "fuzzy"
+    with pytest.raises(ParamsError, match=r"pseudo_labels\.mode.*'fuzzy'.*'soft' or 'hard'"):
+        parse_params(raw)
+
+
+def test_unknown_key_is_an_error() -> None:
+    raw = _raw()
+    raw["noise"]["randaugment_magnitud"] = 9
+    with pytest.raises(ParamsError, match=r"unknown key 'noise\.randaugment_magnitud'"):
+        parse_params(raw)
+
+
+def test_iteration_must_be_labeled_by_an_earlier_model() -> None:
+    raw = _raw()
+    raw["iterations"] = {"it1": "teacher", "it2": "it3"}
+    with pytest.raises(ParamsError, match="it2.*it3"):
+        parse_params(raw)
+
+
+def test_evaluated_models_must_exist() -> None:
+    raw = _raw()
+    raw["evaluate"] = ["teacher", "it7"]
+    with pytest.raises(ParamsError, match="it7"):
+        parse_params(raw)
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("noise: [1, 2\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(bad)

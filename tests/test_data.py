@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from noisy_student.data import ImageSet, load_imageset, save_imageset
+from noisy_student.data.fashion_mnist import DatasetMissingError, load_fashion_mnist, read_idx
+from noisy_student.data.out_of_domain import out_of_domain_images
+from noisy_student.data.splits import split_labeled_unlabeled
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write a uint8 IDX file the way the MNIST/Fashion-MNIST releases are laid out."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    if path.suffix == ".gz":
+        path.write_bytes(gzip.compress(data))
+    else:
+        path.write_bytes(data)
+
+
+def fake_release(folder: Path, n_train: int = 40, n_test: int = 10) -> None:
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_idx(folder / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (n_train, 28, 28)))
+    write_idx(folder / "train-labels-idx1-ubyte.gz", np.arange(n_train) % 10)
+    write_idx(folder / "t10k-images-idx3-ubyte", rng.integers(0, 256, (n_test, 28, 28)))
+    write_idx(folder / "t10k-labels-idx1-ubyte", np.arange(n_test) % 10)
+
+
+def test_idx_roundtrip_gz_and_raw(tmp_path: Path) -> None:
+    fake_release(tmp_path)
+    data = load_fashion_mnist(tmp_path)
+    assert data["train_images"].shape == (40, 28, 28) and data["train_images"].dtype == np.uint8
+    assert data["test_labels"].tolist() == list(range(10))
+
+
+def test_idx_rejects_bad_magic_and_truncation(tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    bad.write_bytes(b"\x01\x02\x03\x04")
+    with pytest.raises(ValueError, match="magic"):
+        read_idx(bad)
+    short = tmp_path / "short"
+    short.write_bytes(bytes([0, 0, 8, 1]) + (5).to_bytes(4, "big") + b"\x00\x00")
+    with pytest.raises(ValueError, match="header says"):
+        read_idx(short)
+
+
+def test_missing_dataset_says_how_to_install(tmp_path: Path) -> None:
+    with pytest.raises(DatasetMissingError, match="apt-get install dataset-fashion-mnist"):
+        load_fashion_mnist(tmp_path / "absent")
+    (tmp_path / "partial").mkdir()
+    with pytest.raises(DatasetMissingError, match="train-images-idx3-ubyte"):
+        load_fashion_mnist(tmp_path / "partial")
+
+
+def test_split_is_disjoint_balanced_and_deterministic() -> None:
+    labels = np.repeat(np.arange(10), 50)
+    lab, unl = split_labeled_unlabeled(labels, per_class=7, seed=3)
+    assert len(np.intersect1d(lab, unl)) == 0
+    assert len(lab) + len(unl) == len(labels)
+    assert np.bincount(labels[lab]).tolist() == [7] * 10
+    lab2, unl2 = split_labeled_unlabeled(labels, per_class=7, seed=3)
+    assert np.array_equal(lab, lab2) and np.array_equal(unl, unl2)
+    lab3, _ = split_labeled_unlabeled(labels, per_class=7, seed=4)
+    assert not np.array_equal(lab, lab3)
+    _, sub = split_labeled_unlabeled(labels, per_class=7, seed=3, unlabeled_size=100)
+    assert len(sub) == 100 and len(np.intersect1d(lab, sub)) == 0
+
+
+def test_split_refuses_too_few_images() -> None:
+    with pytest.raises(ValueError, match="fewer than labeled_per_class"):
+        split_labeled_unlabeled(np.array([0, 0, 1]), per_class=2, seed=0)
+
+
+def test_out_of_domain_images_are_real_and_seeded() -> None:
+    images, sources = out_of_domain_images(30, ["digits", "photos"], 28, seed=5)
+    assert images.shape == (30, 28, 28) and images.dtype == np.uint8
+    assert set(sources) == {"digits", "photos"}
+    assert images.std() > 10  # not blank
+    again, _ = out_of_domain_images(30, ["digits", "photos"], 28, seed=5)
+    assert np.array_equal(images, again)
+    # more digits than exist: capped at 1,797, the rest from photos
+    many, src = out_of_domain_images(4000, ["digits", "photos"], 28, seed=0)
+    assert (src == "digits").sum() == 1797 and len(many) == 4000
+
+
+def test_imageset_roundtrip(tmp_path: Path) -> None:
+    data = ImageSet(np.zeros((3, 4, 4), np.uint8), np.array([0, 1, -1]), np.array([5, 6, 7]), np.array(["a", "b", "c"]))
+    save_imageset(tmp_path / "x.npz", data)
+    back = load_imageset(tmp_path / "x.npz")
+    assert back.ids.tolist() == [5, 6, 7] and back.source.tolist() == ["a", "b", "c"]
+    with pytest.raises(FileNotFoundError, match="prepare"):
+        load_imageset(tmp_path / "missing.npz")
