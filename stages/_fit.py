@@ -94,7 +94,8 @@ def fit(
         unlabeled_ratio=unlabeled_ratio,
         device=device,
         seed=params.seed,
-        checkpoint_path=project_root() / ".checkpoints" / f"{name}.pt",
+        # keyed by the run's params so concurrent queued experiments never share a file
+        checkpoint_path=project_root() / ".checkpoints" / f"{name}-{key}.pt",
         checkpoint_key=key,
         eval_fn=eval_fn,
         on_epoch=on_epoch,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from contextlib import nullcontext
 
 import numpy as np
@@ -42,7 +43,9 @@ def predict_logits(
     outs = []
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     with autocast:
-        for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", disable=not progress):
+        batches = range(0, len(images), batch_size)
+        interval = 0.2 if sys.stderr.isatty() else 5.0  # logs get a line every few seconds
+        for start in tqdm(batches, desc=desc, unit="batch", disable=not progress, mininterval=interval):
             x = images[start : start + batch_size].to(device, non_blocking=True).float().div_(255)
             outs.append(model(x).float().cpu())
     model.train(was_training)

@@ -1,0 +1,348 @@
+"""Readers for the released robustness benchmarks, returning uint8 tensors at the model's resolution.
+
+Layouts (as distributed by Hendrycks et al.):
+
+- ImageNet-style folder: ``root/<wnid>/<image>`` (``load_image_folder``);
+- ImageNet-A: ``root/<wnid>/<image>.jpg`` for 200 of the 1000 ImageNet wnids, plus a README.txt
+  that is ignored (``load_imagenet_a``);
+- ImageNet-C: ``root/<corruption>/<severity 1..5>/<wnid>/<image>.JPEG`` (``iter_imagenet_c``);
+- ImageNet-P: ``root/<perturbation>/<wnid>/<name>.mp4``, one short video per image
+  (``iter_imagenet_p``); also accepted: the frames extracted as images,
+  ``root/<perturbation>/<wnid>/<name>/<frame>.png`` (or .jpg), frames in natural order of name.
+
+Video decoding: torchvision 0.29 has no video reader (``torchvision.io.read_video`` is gone; video
+moved to the separate TorchCodec project), so ``.mp4`` files are decoded with PyAV when it is
+installed (``pip install av``). Without it, reading an ``.mp4`` raises ``VideoDecodingError`` naming
+the file and the two fixes: install PyAV, or extract the frames once, e.g.
+``ffmpeg -i name.mp4 name/%03d.png``, into the frame-folder layout above.
+
+Every reader resizes each image to ``size`` (an int for square, or (H, W): the model's input
+resolution) with PIL's antialiased bilinear filter, converts to ``channels`` = 1 (PIL "L") or 3
+("RGB"), and returns uint8 ``(N, C, H, W)`` tensors. With ``crop_fraction`` (e.g. 0.875, the usual
+Resize(256) + CenterCrop(224)) the shorter side is first resized to size / crop_fraction and the
+centre is cropped; by default the image is resized straight to ``size``. Labels are int64 indices
+into the class list (wnids) the caller's model was trained with.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from noisy_student.robustness.corruptions import CORRUPTIONS, SEVERITIES
+from noisy_student.robustness.perturbations import EXTRA_PERTURBATIONS, PERTURBATIONS
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff"})
+VIDEO_EXTENSIONS: frozenset[str] = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm"})
+Size = int | tuple[int, int]
+
+
+class LayoutError(FileNotFoundError):
+    """The dataset folder does not have the expected layout; the message names path and layout."""
+
+
+class VideoDecodingError(RuntimeError):
+    """An ImageNet-P video could not be decoded; the message names the file and the fix."""
+
+
+def _hw(size: Size) -> tuple[int, int]:
+    h, w = (size, size) if isinstance(size, int) else size
+    if h < 1 or w < 1:
+        raise ValueError(f"size must be positive, got {size}")
+    return int(h), int(w)
+
+
+def _mode(channels: int) -> str:
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
+    return "L" if channels == 1 else "RGB"
+
+
+def _natural_key(name: str) -> list[int | str]:
+    """Sort key that orders frame_2 before frame_10."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+def prepare_image(image: Image.Image, size: Size, channels: int, crop_fraction: float | None = None) -> np.ndarray:
+    """A PIL image as uint8 ``(C, H, W)``: colour-converted, optionally centre-cropped, resized."""
+    h, w = _hw(size)
+    image = image.convert(_mode(channels))
+    if crop_fraction is not None:
+        if not 0.0 < crop_fraction <= 1.0:
+            raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
+        # resize so that the crop of size (h, w) is crop_fraction of the shorter side
+        factor = max(h, w) / crop_fraction / min(image.size)
+        resized = (max(w, round(image.width * factor)), max(h, round(image.height * factor)))
+        image = image.resize(resized, Image.Resampling.BILINEAR)
+        left, top = (image.width - w) // 2, (image.height - h) // 2
+        image = image.crop((left, top, left + w, top + h))
+    elif image.size != (w, h):
+        image = image.resize((w, h), Image.Resampling.BILINEAR)
+    array = np.asarray(image, dtype=np.uint8)
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+def read_image(path: Path, size: Size, channels: int, crop_fraction: float | None = None) -> np.ndarray:
+    """Decode one image file to uint8 ``(C, H, W)`` (see :func:`prepare_image`)."""
+    try:
+        with Image.open(path) as image:
+            return prepare_image(image, size, channels, crop_fraction)
+    except (OSError, SyntaxError) as err:
+        raise OSError(f"{path}: cannot read image ({err})") from err
+
+
+def _read_many(
+    paths: Sequence[Path], size: Size, channels: int, crop_fraction: float | None, workers: int | None
+) -> torch.Tensor:
+    h, w = _hw(size)
+    if not paths:
+        return torch.zeros((0, channels, h, w), dtype=torch.uint8)
+    workers = workers or min(8, os.cpu_count() or 1)
+    # PIL releases the GIL while decoding, so threads overlap the file reads and the decoding
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        arrays = list(pool.map(lambda p: read_image(p, size, channels, crop_fraction), paths))
+    return torch.from_numpy(np.stack(arrays))
+
+
+def _subdirs(path: Path) -> list[Path]:
+    return sorted((p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
+
+
+def _files(path: Path, extensions: frozenset[str]) -> list[Path]:
+    return sorted(
+        (p for p in path.iterdir() if p.is_file() and p.suffix.lower() in extensions),
+        key=lambda p: _natural_key(p.name),
+    )
+
+
+def class_index(wnids: Sequence[str]) -> dict[str, int]:
+    """``{wnid: position}`` for the model's class list; raises on duplicates."""
+    index = {wnid: i for i, wnid in enumerate(wnids)}
+    if len(index) != len(wnids):
+        raise ValueError("the class list (wnids) has duplicates")
+    return index
+
+
+def _class_folder_samples(
+    root: Path, wnids: Sequence[str] | None, layout: str, max_per_class: int | None
+) -> tuple[list[Path], list[int], list[str]]:
+    """Image paths, labels and the class list of a ``root/<wnid>/<image>`` folder."""
+    if not root.is_dir():
+        raise LayoutError(f"{root}: folder not found; expected layout {layout}")
+    folders = _subdirs(root)
+    if not folders:
+        raise LayoutError(f"{root}: no class folders; expected layout {layout}")
+    classes = list(wnids) if wnids is not None else [f.name for f in folders]
+    index = class_index(classes)
+    paths: list[Path] = []
+    labels: list[int] = []
+    for folder in folders:
+        if folder.name not in index:
+            raise LayoutError(
+                f"{folder}: class folder '{folder.name}' is not in the given class list "
+                f"({len(classes)} wnids); expected layout {layout}"
+            )
+        files = _files(folder, IMAGE_EXTENSIONS)
+        if not files:
+            raise LayoutError(f"{folder}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}); layout {layout}")
+        files = files[:max_per_class] if max_per_class is not None else files
+        paths += files
+        labels += [index[folder.name]] * len(files)
+    return paths, labels, classes
+
+
+def load_image_folder(
+    root: str | Path,
+    size: Size,
+    channels: int = 3,
+    wnids: Sequence[str] | None = None,
+    crop_fraction: float | None = None,
+    max_per_class: int | None = None,
+    workers: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Read an ImageNet-style folder ``root/<wnid>/<image>``.
+
+    ``wnids``: the model's class list (label = position in it); default: the sorted folder names,
+    the usual ImageNet index. ``max_per_class``: keep the first k files (natural name order) of each
+    class. Returns images uint8 ``(N, C, H, W)``, labels int64 ``(N,)`` and the class list used.
+    """
+    layout = "root/<wnid>/<image>"
+    paths, labels, classes = _class_folder_samples(Path(root), wnids, layout, max_per_class)
+    images = _read_many(paths, size, channels, crop_fraction, workers)
+    return images, torch.tensor(labels, dtype=torch.int64), classes
+
+
+def load_imagenet_a(
+    root: str | Path,
+    model_wnids: Sequence[str],
+    size: Size,
+    channels: int = 3,
+    crop_fraction: float | None = None,
+    max_per_class: int | None = None,
+    workers: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Read ImageNet-A (``root/<wnid>/<image>.jpg``, 200 wnids; README.txt and other files ignored).
+
+    ``model_wnids``: the model's 1000-class wnid list, in logit order. Returns images uint8
+    ``(N, C, H, W)``; labels int64 ``(N,)`` as positions in the subset (0..199); and
+    ``class_indices``: the model's logit index of each subset class (subset = the dataset's wnids,
+    sorted). ``metrics.masked_topk(logits, class_indices)`` then gives logits whose columns match
+    the labels, for ``evaluation.topk_accuracy``.
+    """
+    layout = "root/<wnid>/<image>.jpg with wnids from the model's class list"
+    root = Path(root)
+    if not root.is_dir():
+        raise LayoutError(f"{root}: folder not found; expected layout {layout}")
+    subset = [f.name for f in _subdirs(root)]
+    model_index = class_index(model_wnids)
+    unknown = [w for w in subset if w not in model_index]
+    if unknown:
+        raise LayoutError(
+            f"{root}: class folders {unknown[:5]}{'...' if len(unknown) > 5 else ''} are not in the model's "
+            f"{len(model_wnids)}-class wnid list; expected layout {layout}"
+        )
+    paths, labels, _ = _class_folder_samples(root, subset, layout, max_per_class)
+    images = _read_many(paths, size, channels, crop_fraction, workers)
+    return images, torch.tensor(labels, dtype=torch.int64), [model_index[w] for w in subset]
+
+
+def iter_imagenet_c(
+    root: str | Path,
+    size: Size,
+    channels: int = 3,
+    wnids: Sequence[str] | None = None,
+    corruptions: Sequence[str] | None = None,
+    severities: Sequence[int] = SEVERITIES,
+    crop_fraction: float | None = None,
+    max_per_class: int | None = None,
+    workers: int | None = None,
+) -> Iterator[tuple[str, int, torch.Tensor, torch.Tensor]]:
+    """Yield ``(corruption, severity, images, labels)`` from ``root/<corruption>/<severity>/<wnid>/<image>``.
+
+    ``corruptions``: default all the 15 benchmark corruptions that are present under ``root``
+    (extra ones, e.g. speckle_noise, only when named); each named one must exist. ``wnids``: the
+    model's class list; default the sorted wnid folders of the first set read. Images uint8
+    ``(N, C, H, W)``, labels int64 ``(N,)``; one (corruption, severity) set in memory at a time.
+    """
+    layout = "root/<corruption>/<severity 1..5>/<wnid>/<image>.JPEG"
+    root = Path(root)
+    if not root.is_dir():
+        raise LayoutError(f"{root}: folder not found; expected layout {layout}")
+    if corruptions is None:
+        corruptions = [c for c in CORRUPTIONS if (root / c).is_dir()]
+        if not corruptions:
+            found = [p.name for p in _subdirs(root)][:10]
+            raise LayoutError(
+                f"{root}: none of the ImageNet-C corruption folders ({', '.join(CORRUPTIONS)}) found "
+                f"(found: {found}); expected layout {layout}"
+            )
+    for corruption in corruptions:
+        for severity in severities:
+            folder = root / corruption / str(severity)
+            if not folder.is_dir():
+                raise LayoutError(f"{folder}: folder not found; expected layout {layout}")
+            paths, labels, classes = _class_folder_samples(folder, wnids, layout, max_per_class)
+            wnids = classes
+            images = _read_many(paths, size, channels, crop_fraction, workers)
+            yield corruption, severity, images, torch.tensor(labels, dtype=torch.int64)
+
+
+def _pyav_frames(path: Path) -> list[Image.Image]:
+    """Decode every frame of the first video stream with PyAV; raise VideoDecodingError without it."""
+    try:
+        # optional dependency: imported only when a video is actually read
+        import av
+    except ImportError as err:
+        raise VideoDecodingError(
+            f"{path}: cannot decode .mp4: this torchvision has no video reader and PyAV is not installed. "
+            "Fix: `pip install av` (PyAV, bundles FFmpeg), or extract the frames once into "
+            f"{path.with_suffix('')}/ (e.g. `ffmpeg -i {path.name} {path.stem}/%03d.png`), which this "
+            "reader accepts in place of the .mp4."
+        ) from err
+    try:
+        with av.open(str(path)) as container:
+            return [frame.to_image() for frame in container.decode(video=0)]
+    except Exception as err:  # PyAV raises its own error classes (av.error.*) for broken files
+        raise VideoDecodingError(f"{path}: PyAV failed to decode the video: {err}") from err
+
+
+def read_sequence(
+    path: Path, size: Size, channels: int, crop_fraction: float | None = None, workers: int | None = None
+) -> torch.Tensor:
+    """One ImageNet-P sequence, a video file or a folder of frame images, as uint8 ``(T, C, H, W)``."""
+    if path.is_dir():
+        frames = _files(path, IMAGE_EXTENSIONS)
+        if not frames:
+            raise LayoutError(f"{path}: frame folder without image files")
+        return _read_many(frames, size, channels, crop_fraction, workers)
+    images = _pyav_frames(path)
+    if not images:
+        raise VideoDecodingError(f"{path}: the video has no frames")
+    return torch.from_numpy(np.stack([prepare_image(im, size, channels, crop_fraction) for im in images]))
+
+
+def iter_imagenet_p(
+    root: str | Path,
+    size: Size,
+    channels: int = 3,
+    wnids: Sequence[str] | None = None,
+    perturbations: Sequence[str] | None = None,
+    crop_fraction: float | None = None,
+    max_per_class: int | None = None,
+    workers: int | None = None,
+) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
+    """Yield ``(perturbation, videos, labels)`` from ``root/<perturbation>/<wnid>/<name>.mp4``.
+
+    Each sequence is an ``.mp4`` (needs PyAV, see the module docstring) or a folder of frame images
+    ``<name>/<frame>.png``. ``perturbations``: default all benchmark and extra perturbations present.
+    ``wnids``: the model's class list (default: sorted wnid folders of the first perturbation).
+    ``videos``: uint8 ``(N, T, C, H, W)``; all sequences of one perturbation must have the same T.
+    ``labels``: int64 ``(N,)``.
+    """
+    layout = "root/<perturbation>/<wnid>/<name>.mp4 (or root/<perturbation>/<wnid>/<name>/<frame>.png)"
+    root = Path(root)
+    if not root.is_dir():
+        raise LayoutError(f"{root}: folder not found; expected layout {layout}")
+    if perturbations is None:
+        perturbations = [p for p in PERTURBATIONS + EXTRA_PERTURBATIONS if (root / p).is_dir()]
+        if not perturbations:
+            found = [p.name for p in _subdirs(root)][:10]
+            raise LayoutError(
+                f"{root}: none of the ImageNet-P perturbation folders ({', '.join(PERTURBATIONS)}) found "
+                f"(found: {found}); expected layout {layout}"
+            )
+    for perturbation in perturbations:
+        folder = root / perturbation
+        if not folder.is_dir():
+            raise LayoutError(f"{folder}: folder not found; expected layout {layout}")
+        classes = list(wnids) if wnids is not None else [f.name for f in _subdirs(folder)]
+        index = class_index(classes)
+        videos: list[torch.Tensor] = []
+        labels: list[int] = []
+        for class_folder in _subdirs(folder):
+            if class_folder.name not in index:
+                raise LayoutError(f"{class_folder}: '{class_folder.name}' is not in the class list; layout {layout}")
+            sequences = [p for p in class_folder.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS or p.is_dir()]
+            sequences.sort(key=lambda p: _natural_key(p.name))
+            if not sequences:
+                raise LayoutError(f"{class_folder}: no videos or frame folders; expected layout {layout}")
+            for sequence in sequences[:max_per_class] if max_per_class is not None else sequences:
+                clip = read_sequence(sequence, size, channels, crop_fraction, workers)
+                if videos and clip.shape[0] != videos[0].shape[0]:
+                    raise ValueError(
+                        f"{sequence}: {clip.shape[0]} frames, but earlier sequences of '{perturbation}' have "
+                        f"{videos[0].shape[0]}; sequences must have equal length"
+                    )
+                videos.append(clip)
+                labels.append(index[class_folder.name])
+        if not videos:
+            raise LayoutError(f"{folder}: no class folders; expected layout {layout}")
+        wnids = classes
+        yield perturbation, torch.stack(videos), torch.tensor(labels, dtype=torch.int64)

@@ -1,0 +1,67 @@
+"""Iterations and queued experiment grids with real DVC, on the micro profile."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from tests.conftest import run
+
+DVC = [sys.executable, "-m", "dvc"]
+
+
+def _lock(repo: Path) -> dict:
+    return yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+
+
+def _md5(entries: list[dict], path: str) -> str:
+    return next(e["md5"] for e in entries if e["path"] == path)
+
+
+@pytest.mark.slow
+def test_second_iteration_is_labeled_by_the_first_student(micro_project: Path) -> None:
+    repo = micro_project
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["iterations"] = {"it1": "teacher", "it2": "it1"}
+    params["evaluate"] = ["teacher", "it1", "it2"]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = run(DVC + ["repro"], repo).stdout
+    order = [out.index(f"Running stage '{s}'") for s in ("student@it1", "predict@it2", "student@it2", "eval@it2")]
+    assert order == sorted(order), out
+    lock = _lock(repo)
+    it1_student = _md5(lock["student@it1"]["outs"], "models/it1.pt")
+    assert _md5(lock["predict@it2"]["deps"], "models/it1.pt") == it1_student
+    assert _md5(lock["student@it2"]["deps"], "models/it1.pt") == it1_student
+    assert _md5(lock["predict@it1"]["deps"], "models/teacher.pt") == _md5(lock["teacher"]["outs"], "models/teacher.pt")
+
+
+@pytest.mark.slow
+def test_queued_experiments_log_to_the_project_store(micro_project: Path) -> None:
+    repo = micro_project
+    run(DVC + ["repro"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-q", "-m", "baseline results"], repo)
+    for name, magnitude in (("mag2", 2), ("mag4", 4)):
+        run(DVC + ["exp", "run", "--queue", "-n", name, "-S", f"noise.randaugment_magnitude={magnitude}"], repo)
+    run(DVC + ["queue", "start", "-j", "2"], repo)
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        status = run(DVC + ["queue", "status"], repo).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(3)
+    assert "Failed" not in status, run(DVC + ["queue", "logs", "mag2"], repo, check=False).stdout + status
+    shown = run(DVC + ["exp", "show", "--no-pager", "--csv"], repo).stdout
+    assert "mag2" in shown and "mag4" in shown, shown
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("noisy-student")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    by_exp = {r.data.tags.get("dvc_exp") for r in runs if r.info.run_name == "student@it1"}
+    assert {"mag2", "mag4"} <= by_exp, by_exp
+    # queued runs happen in temporary workspaces; nothing may be written to a store there
+    assert not list((repo / ".dvc" / "tmp").rglob("mlflow.db"))
