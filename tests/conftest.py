@@ -27,6 +27,9 @@ def micro_params(base: dict[str, Any]) -> dict[str, Any]:
     p["student"]["unlabeled_ratio"] = 2
     p["filter"].update(confidence_threshold=0.0, images_per_class=20)
     p["pseudo_labels"]["shard_size"] = 128
+    p["robustness"].update(
+        reference_train_images=2000, c_images=20, p_images=10, p_frames=4, attack_images=40, fgsm_epsilons=[0, 4, 16]
+    )
     return p
 
 

@@ -12,7 +12,11 @@ import pytest
 from tests.conftest import run
 
 DVC = [sys.executable, "-m", "dvc"]
-EXPECTED_RUNS = {"prepare", "teacher", "predict@it1", "filter-balance@it1", "student@it1", "eval@teacher", "eval@it1"}
+EXPECTED_RUNS = (
+    {"prepare", "teacher", "predict@it1", "filter-balance@it1", "student@it1", "eval@teacher", "eval@it1"}
+    | {f"{stage}@{model}" for stage in ("eval-A", "eval-C", "eval-P", "eval-FGSM") for model in ("teacher", "it1")}
+    | {"robustness-data"}
+)
 
 
 def _runs(repo: Path) -> list[mlflow.entities.Run]:
@@ -37,6 +41,15 @@ def test_repro_exp_run_and_push(micro_project: Path) -> None:
         assert 0.0 <= acc["top1"] <= acc["top5"] <= 1.0
         assert acc["images"] == 200
     assert (repo / "metrics" / "plots" / "confidence-it1.png").stat().st_size > 1000
+    for model in ("teacher", "it1"):
+        rob = repo / "metrics" / "robustness"
+        c = json.loads((rob / f"c-{model}.json").read_text())
+        assert c["mce"] > 0 and 0 <= c["corrupted_top1"] <= 1
+        assert "mfr" in json.loads((rob / f"p-{model}.json").read_text())
+        assert json.loads((rob / f"a-{model}.json").read_text())["images"] > 0
+        fgsm = json.loads((rob / f"fgsm-{model}.json").read_text())
+        clean = fgsm["fgsm_top1_eps0"]
+        assert fgsm["fgsm_top1_eps16"] <= clean
 
     runs = _runs(repo)
     names = {r.info.run_name for r in runs}
@@ -51,8 +64,9 @@ def test_repro_exp_run_and_push(micro_project: Path) -> None:
 
     # the -S override reruns only what depends on the student's noise
     exp = run(DVC + ["exp", "run", "-n", "mag3", "-S", "noise.randaugment_magnitude=3"], repo).stdout
-    assert "Running stage 'student@it1'" in exp and "Running stage 'eval@it1'" in exp, exp
-    for upstream in ("prepare", "teacher", "predict@it1", "filter-balance@it1", "eval@teacher"):
+    for downstream in ("student@it1", "eval@it1", "eval-C@it1", "eval-FGSM@it1"):
+        assert f"Running stage '{downstream}'" in exp, exp
+    for upstream in ("prepare", "teacher", "predict@it1", "filter-balance@it1", "eval@teacher", "eval-C@teacher", "robustness-data"):
         assert f"Running stage '{upstream}'" not in exp, exp
     shown = json.loads(run(DVC + ["exp", "show", "--json"], repo).stdout)
     assert "mag3" in json.dumps(shown)

@@ -110,6 +110,22 @@ class EvalParams(_Section):
     batch_size: int = Field(512, ge=1)
 
 
+class RobustnessParams(_Section):
+    """Robustness test sets generated from the test split (Fashion-MNIST-C/-P/-A) and the attacks."""
+
+    # training images for the reference (baseline) model; None = all 60,000
+    reference_train_images: int | None = Field(None, ge=100)
+    c_images: int = Field(1000, ge=1)  # test images corrupted 15 x 5 times
+    p_images: int = Field(200, ge=1)  # test images turned into perturbation sequences
+    p_frames: int = Field(10, ge=2)
+    # epsilons in 0..255 pixel units, as in the paper
+    fgsm_epsilons: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
+    pgd_epsilon: float = Field(8.0, ge=0)
+    pgd_steps: int = Field(10, ge=1)
+    attack_images: int = Field(1000, ge=1)
+    batch_size: int = Field(500, ge=1)
+
+
 class TrackingParams(_Section):
     experiment: str = "noisy-student"
 
@@ -124,6 +140,7 @@ class Params(_Section):
     filter: FilterParams = FilterParams()
     student: StudentParams = StudentParams()
     eval: EvalParams = EvalParams()
+    robustness: RobustnessParams = RobustnessParams()
     tracking: TrackingParams = TrackingParams()
     # Iterations: name -> the model that labels for it ("teacher" or a previous
     # iteration's name). Order of the mapping is the order of training.

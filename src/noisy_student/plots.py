@@ -47,3 +47,14 @@ def confidence_histogram(
     ax.legend()
     ax.grid(alpha=0.3)
     _save(fig, path)
+
+
+def attack_curve(curves: dict[str, pd.DataFrame], title: str, path: Path) -> None:
+    """Top-1 accuracy (%) vs attack epsilon (0..255 pixel units), one line per model."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    for name, frame in curves.items():
+        ax.plot(frame["epsilon"], 100 * frame["top1"], marker="o", label=name)
+    ax.set(xlabel="epsilon (0-255 pixel units)", ylabel="top-1 (%)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, path)

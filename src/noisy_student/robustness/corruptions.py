@@ -32,6 +32,8 @@ Deviations from the original, on purpose:
 - elastic_transform: the released ImageNet-C elastic severities are not ordered (AlexNet errors
   0.53, 0.70, 0.56, 0.64, 0.81 over severities 1..5). Here a smooth random displacement field and a
   small random affine map both grow with severity.
+- defocus_blur: the same radii and anti-alias blur, but the disk is area-sampled (``disk_kernel``)
+  rather than thresholded, so it grows continuously with the radius below one pixel.
 - motion_blur and snow's motion: ImageMagick's one-sided Gaussian-weighted line kernel, applied by
   summing sub-pixel shifts of the image.
 - pixelate: a mosaic of whole-pixel blocks (1-2 px wide for factor 0.6), each the block's mean,
@@ -76,8 +78,8 @@ LUMA = (0.299, 0.587, 0.114)
 
 GeneratorLike = torch.Generator | int | None
 
-# Severity tables. Values from the ImageNet-C paper's reference parameters where the corruption is
-# the same operation; lengths are in pixels of a 224 px image.
+# Severity tables: the parameters of ImageNet-C's generation script (hendrycks/robustness) where the
+# operation is the same; lengths are in pixels of a 224 px image.
 GAUSSIAN_NOISE_STD = (0.08, 0.12, 0.18, 0.26, 0.38)
 SHOT_NOISE_PHOTONS = (60.0, 25.0, 12.0, 5.0, 3.0)
 IMPULSE_NOISE_AMOUNT = (0.03, 0.06, 0.09, 0.17, 0.27)

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision
 from PIL import Image
 
 from noisy_student.robustness.corruptions import CORRUPTIONS, SEVERITIES
@@ -261,7 +262,8 @@ def _pyav_frames(path: Path) -> list[Image.Image]:
         import av
     except ImportError as err:
         raise VideoDecodingError(
-            f"{path}: cannot decode .mp4: this torchvision has no video reader and PyAV is not installed. "
+            f"{path}: cannot decode the video: torchvision {torchvision.__version__} has no video reader "
+            "(torchvision.io.read_video is gone; video moved to TorchCodec) and PyAV is not installed. "
             "Fix: `pip install av` (PyAV, bundles FFmpeg), or extract the frames once into "
             f"{path.with_suffix('')}/ (e.g. `ffmpeg -i {path.name} {path.stem}/%03d.png`), which this "
             "reader accepts in place of the .mp4."
@@ -286,6 +288,17 @@ def read_sequence(
     if not images:
         raise VideoDecodingError(f"{path}: the video has no frames")
     return torch.from_numpy(np.stack([prepare_image(im, size, channels, crop_fraction) for im in images]))
+
+
+def _sequences(class_folder: Path) -> list[Path]:
+    """Videos and frame folders of one class; a frame folder replaces the video it was extracted from."""
+    by_stem: dict[str, Path] = {}
+    for path in class_folder.iterdir():
+        if path.is_dir():
+            by_stem[path.name] = path
+        elif path.suffix.lower() in VIDEO_EXTENSIONS and path.stem not in by_stem:
+            by_stem[path.stem] = path
+    return sorted(by_stem.values(), key=lambda p: _natural_key(p.name))
 
 
 def iter_imagenet_p(
@@ -329,8 +342,7 @@ def iter_imagenet_p(
         for class_folder in _subdirs(folder):
             if class_folder.name not in index:
                 raise LayoutError(f"{class_folder}: '{class_folder.name}' is not in the class list; layout {layout}")
-            sequences = [p for p in class_folder.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS or p.is_dir()]
-            sequences.sort(key=lambda p: _natural_key(p.name))
+            sequences = _sequences(class_folder)
             if not sequences:
                 raise LayoutError(f"{class_folder}: no videos or frame folders; expected layout {layout}")
             for sequence in sequences[:max_per_class] if max_per_class is not None else sequences:

@@ -1,0 +1,62 @@
+"""Stage `eval-C`: corruption robustness (mCE, relative mCE, mean corrupted accuracy)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import typer
+from tqdm.auto import tqdm
+
+from noisy_student.data import load_imageset
+from noisy_student.robustness import mce
+from stages._common import PARAMS_OPTION, friendly_errors, params_or_exit, stage_run, torch_threads, write_metrics
+from stages._robust import load_baseline, load_npz, logits_of, model_on_device
+
+
+def main(
+    model: Path = typer.Option(..., help="Checkpoint to evaluate."),
+    name: str = typer.Option(..., help="Model name (teacher, it1, ...)."),
+    data: Path = typer.Option(Path("data/robustness"), help="Folder written by `robustness-data`."),
+    test: Path = typer.Option(Path("data/prepared/test.npz"), help="Clean test set (for relative mCE)."),
+    metrics: Path = typer.Option(..., help="Metrics JSON (DVC metric)."),
+    params_file: Path = PARAMS_OPTION,
+) -> None:
+    """Errors per corruption and severity, CE normalised by the reference model, mCE (x100)."""
+    params = params_or_exit(params_file)
+    torch_threads()
+    with friendly_errors():
+        c = load_npz(data / "c.npz")
+        baseline = load_baseline(data)
+        net, device = model_on_device(model, params.device)
+    bs = params.robustness.batch_size
+    labels = c["labels"]
+    with stage_run("eval-C", params, ("robustness",), name):
+        errors: dict[str, dict[str, float]] = {}
+        for i, corruption in enumerate(tqdm(c["corruptions"].tolist(), desc=f"eval-C {name}", mininterval=5.0)):
+            errors[corruption] = {}
+            for j in range(c["images"].shape[1]):
+                pred = logits_of(net, c["images"][i, j], bs, device).argmax(1)
+                errors[corruption][j + 1] = float((pred != labels).mean())
+        # clean errors of model and reference are both on the full test split
+        clean = load_imageset(test)
+        clean_pred = logits_of(net, clean.images, bs, device).argmax(1)
+        clean_error = float((clean_pred != clean.labels).mean())
+        base = {c: {int(s): e for s, e in by_sev.items()} for c, by_sev in baseline["c_errors"].items()}
+        summary = mce(errors, base)
+        # relative CE is undefined where the reference is not hurt by a corruption (its corrupted
+        # error <= its clean error): those corruptions are left out of relative mCE and counted
+        hurt = {c: e for c, e in errors.items() if np.mean(list(base[c].values())) > baseline["clean_error"]}
+        if hurt:
+            rel = mce(hurt, base, clean_error, baseline["clean_error"])
+            summary.update({k: v for k, v in rel.items() if k.startswith("relative_")})
+        summary["relative_mce_corruptions"] = len(hurt)
+        write_metrics(metrics, {"clean_error": clean_error, **summary})
+    typer.echo(
+        f"eval-C {name}: mCE {summary['mce']:.1f}  relative mCE {summary.get('relative_mce', float('nan')):.1f}  "
+        f"corrupted top-1 {100 * summary['corrupted_top1']:.2f} %"
+    )
+
+
+if __name__ == "__main__":
+    typer.run(main)
