@@ -4,7 +4,20 @@ from __future__ import annotations
 
 import typer
 
-from stages import evaluate, filter_balance, predict, prepare, student, teacher
+from stages import (
+    eval_a,
+    eval_c,
+    eval_fgsm,
+    eval_p,
+    evaluate,
+    filter_balance,
+    predict,
+    prepare,
+    report,
+    robustness_data,
+    student,
+    teacher,
+)
 
 app = typer.Typer(help="Noisy Student Training stages (the same commands dvc.yaml runs).", no_args_is_help=True)
 app.command("prepare")(prepare.main)
@@ -13,6 +26,12 @@ app.command("predict")(predict.main)
 app.command("filter-balance")(filter_balance.main)
 app.command("student")(student.main)
 app.command("eval")(evaluate.main)
+app.command("robustness-data")(robustness_data.main)
+app.command("eval-c")(eval_c.main)
+app.command("eval-p")(eval_p.main)
+app.command("eval-a")(eval_a.main)
+app.command("eval-fgsm")(eval_fgsm.main)
+app.command("report")(report.main)
 
 if __name__ == "__main__":
     app()

@@ -66,7 +66,15 @@ def test_repro_exp_run_and_push(micro_project: Path) -> None:
     exp = run(DVC + ["exp", "run", "-n", "mag3", "-S", "noise.randaugment_magnitude=3"], repo).stdout
     for downstream in ("student@it1", "eval@it1", "eval-C@it1", "eval-FGSM@it1"):
         assert f"Running stage '{downstream}'" in exp, exp
-    for upstream in ("prepare", "teacher", "predict@it1", "filter-balance@it1", "eval@teacher", "eval-C@teacher", "robustness-data"):
+    for upstream in (
+        "prepare",
+        "teacher",
+        "predict@it1",
+        "filter-balance@it1",
+        "eval@teacher",
+        "eval-C@teacher",
+        "robustness-data",
+    ):
         assert f"Running stage '{upstream}'" not in exp, exp
     shown = json.loads(run(DVC + ["exp", "show", "--json"], repo).stdout)
     assert "mag3" in json.dumps(shown)
