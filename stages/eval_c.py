@@ -43,18 +43,26 @@ def main(
         clean_pred = logits_of(net, clean.images, bs, device).argmax(1)
         clean_error = float((clean_pred != clean.labels).mean())
         base = {c: {int(s): e for s, e in by_sev.items()} for c, by_sev in baseline["c_errors"].items()}
-        summary = mce(errors, base)
+        # CE is undefined where the reference makes no error at all (possible on small sets): such
+        # corruptions are left out of mCE and counted; corrupted_top1 still covers all of them
+        scored = {c: e for c, e in errors.items() if np.mean(list(base[c].values())) > 0}
+        summary = mce(scored, base) if scored else {}
+        all_errors = [e for by_sev in errors.values() for e in by_sev.values()]
+        summary["corrupted_top1"] = 1.0 - float(np.mean(all_errors))
+        summary["mce_corruptions"] = len(scored)
         # relative CE is undefined where the reference is not hurt by a corruption (its corrupted
         # error <= its clean error): those corruptions are left out of relative mCE and counted
-        hurt = {c: e for c, e in errors.items() if np.mean(list(base[c].values())) > baseline["clean_error"]}
+        hurt = {c: e for c, e in scored.items() if np.mean(list(base[c].values())) > baseline["clean_error"]}
         if hurt:
             rel = mce(hurt, base, clean_error, baseline["clean_error"])
             summary.update({k: v for k, v in rel.items() if k.startswith("relative_")})
         summary["relative_mce_corruptions"] = len(hurt)
         write_metrics(metrics, {"clean_error": clean_error, **summary})
+    nan = float("nan")
+    shown = {k: summary.get(k, nan) for k in ("mce", "relative_mce", "corrupted_top1")}
     typer.echo(
-        f"eval-C {name}: mCE {summary['mce']:.1f}  relative mCE {summary.get('relative_mce', float('nan')):.1f}  "
-        f"corrupted top-1 {100 * summary['corrupted_top1']:.2f} %"
+        f"eval-C {name}: mCE {shown['mce']:.1f}  relative mCE {shown['relative_mce']:.1f}  "
+        f"corrupted top-1 {100 * shown['corrupted_top1']:.2f} %"
     )
 
 

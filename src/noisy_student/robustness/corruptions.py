@@ -54,23 +54,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-CORRUPTIONS: tuple[str, ...] = (
-    "gaussian_noise",
-    "shot_noise",
-    "impulse_noise",
-    "defocus_blur",
-    "glass_blur",
-    "motion_blur",
-    "zoom_blur",
-    "snow",
-    "frost",
-    "fog",
-    "brightness",
-    "contrast",
-    "elastic_transform",
-    "pixelate",
-    "jpeg_compression",
-)
+from noisy_student.robustness.metrics import IMAGENET_C_CORRUPTIONS
+
+CORRUPTIONS: tuple[str, ...] = IMAGENET_C_CORRUPTIONS
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 REFERENCE_SIZE = 224
 # ITU-R BT.601 luma weights, as PIL and OpenCV use for RGB -> gray
