@@ -12,6 +12,7 @@ import torch
 from noisy_student.evaluation import predict_logits
 from noisy_student.models import ImageClassifier, load_classifier
 from noisy_student.training import resolve_device
+from stages._common import images_tensor
 
 
 def load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -36,6 +37,4 @@ def model_on_device(path: Path, device_name: str) -> tuple[ImageClassifier, torc
 
 def logits_of(model: ImageClassifier, images: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
     """Logits ``(N, K)`` for uint8 images ``(N, H, W)`` (grayscale) or ``(N, H, W, C)``."""
-    t = torch.from_numpy(np.ascontiguousarray(images))
-    t = t.unsqueeze(1) if t.ndim == 3 else t.permute(0, 3, 1, 2).contiguous()
-    return predict_logits(model, t, batch_size, device, progress=False)
+    return predict_logits(model, images_tensor(images), batch_size, device, progress=False)
