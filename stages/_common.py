@@ -22,6 +22,9 @@ from noisy_student.data.fashion_mnist import DatasetMissingError
 from noisy_student.io import write_json
 
 PARAMS_OPTION = typer.Option("params.yaml", "--params", help="Validated parameters file.")
+MODEL_OPTION = typer.Option(..., help="Checkpoint to evaluate.")
+NAME_OPTION = typer.Option(..., help="Model name for the run and metrics (teacher, it1, ...).")
+METRICS_OPTION = typer.Option(..., help="Metrics JSON (DVC metric).")
 
 
 def fail(message: str) -> None:

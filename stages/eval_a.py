@@ -7,15 +7,25 @@ from pathlib import Path
 import typer
 
 from noisy_student.evaluation import topk_accuracy
-from stages._common import PARAMS_OPTION, friendly_errors, params_or_exit, stage_run, torch_threads, write_metrics
+from stages._common import (
+    METRICS_OPTION,
+    MODEL_OPTION,
+    NAME_OPTION,
+    PARAMS_OPTION,
+    friendly_errors,
+    params_or_exit,
+    stage_run,
+    torch_threads,
+    write_metrics,
+)
 from stages._robust import load_npz, logits_of, model_on_device
 
 
 def main(
-    model: Path = typer.Option(..., help="Checkpoint to evaluate."),
-    name: str = typer.Option(..., help="Model name (teacher, it1, ...)."),
+    model: Path = MODEL_OPTION,
+    name: str = NAME_OPTION,
     data: Path = typer.Option(Path("data/robustness"), help="Folder written by `robustness-data`."),
-    metrics: Path = typer.Option(..., help="Metrics JSON (DVC metric)."),
+    metrics: Path = METRICS_OPTION,
     params_file: Path = PARAMS_OPTION,
 ) -> None:
     """Top-1 / top-5 on the test images the fixed reference model misclassifies."""

@@ -10,16 +10,26 @@ from tqdm.auto import tqdm
 
 from noisy_student.data import load_imageset
 from noisy_student.robustness import mce
-from stages._common import PARAMS_OPTION, friendly_errors, params_or_exit, stage_run, torch_threads, write_metrics
+from stages._common import (
+    METRICS_OPTION,
+    MODEL_OPTION,
+    NAME_OPTION,
+    PARAMS_OPTION,
+    friendly_errors,
+    params_or_exit,
+    stage_run,
+    torch_threads,
+    write_metrics,
+)
 from stages._robust import load_baseline, load_npz, logits_of, model_on_device
 
 
 def main(
-    model: Path = typer.Option(..., help="Checkpoint to evaluate."),
-    name: str = typer.Option(..., help="Model name (teacher, it1, ...)."),
+    model: Path = MODEL_OPTION,
+    name: str = NAME_OPTION,
     data: Path = typer.Option(Path("data/robustness"), help="Folder written by `robustness-data`."),
     test: Path = typer.Option(Path("data/prepared/test.npz"), help="Clean test set (for relative mCE)."),
-    metrics: Path = typer.Option(..., help="Metrics JSON (DVC metric)."),
+    metrics: Path = METRICS_OPTION,
     params_file: Path = PARAMS_OPTION,
 ) -> None:
     """Errors per corruption and severity, CE normalised by the reference model, mCE (x100)."""

@@ -15,6 +15,9 @@ from noisy_student.io import atomic_path
 from noisy_student.plots import attack_curve
 from noisy_student.robustness import accuracy_under_attack
 from stages._common import (
+    METRICS_OPTION,
+    MODEL_OPTION,
+    NAME_OPTION,
     PARAMS_OPTION,
     friendly_errors,
     images_tensor,
@@ -27,10 +30,10 @@ from stages._robust import model_on_device
 
 
 def main(
-    model: Path = typer.Option(..., help="Checkpoint to evaluate."),
-    name: str = typer.Option(..., help="Model name (teacher, it1, ...)."),
+    model: Path = MODEL_OPTION,
+    name: str = NAME_OPTION,
     test: Path = typer.Option(Path("data/prepared/test.npz"), help="Clean test set."),
-    metrics: Path = typer.Option(..., help="Metrics JSON (DVC metric)."),
+    metrics: Path = METRICS_OPTION,
     curve: Path = typer.Option(..., help="CSV epsilon,top1 (DVC plot)."),
     plot: Path = typer.Option(..., help="PNG of the curve."),
     params_file: Path = PARAMS_OPTION,

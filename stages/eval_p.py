@@ -8,15 +8,25 @@ import typer
 from tqdm.auto import tqdm
 
 from noisy_student.robustness import NOISE_PERTURBATIONS, flip_probability, mfr, mt5d, top5_distance
-from stages._common import PARAMS_OPTION, friendly_errors, params_or_exit, stage_run, torch_threads, write_metrics
+from stages._common import (
+    METRICS_OPTION,
+    MODEL_OPTION,
+    NAME_OPTION,
+    PARAMS_OPTION,
+    friendly_errors,
+    params_or_exit,
+    stage_run,
+    torch_threads,
+    write_metrics,
+)
 from stages._robust import load_baseline, load_npz, logits_of, model_on_device
 
 
 def main(
-    model: Path = typer.Option(..., help="Checkpoint to evaluate."),
-    name: str = typer.Option(..., help="Model name (teacher, it1, ...)."),
+    model: Path = MODEL_OPTION,
+    name: str = NAME_OPTION,
     data: Path = typer.Option(Path("data/robustness"), help="Folder written by `robustness-data`."),
-    metrics: Path = typer.Option(..., help="Metrics JSON (DVC metric)."),
+    metrics: Path = METRICS_OPTION,
     params_file: Path = PARAMS_OPTION,
 ) -> None:
     """Flip probability per perturbation (noise sequences vs the first frame), FR and mFR (x100)."""

@@ -11,6 +11,9 @@ from noisy_student.evaluation import predict_logits, topk_accuracy
 from noisy_student.models import load_classifier
 from noisy_student.training import resolve_device
 from stages._common import (
+    METRICS_OPTION,
+    MODEL_OPTION,
+    NAME_OPTION,
     PARAMS_OPTION,
     friendly_errors,
     images_tensor,
@@ -22,10 +25,10 @@ from stages._common import (
 
 
 def main(
-    model: Path = typer.Option(..., help="Checkpoint to evaluate."),
-    name: str = typer.Option(..., help="Model name for the run and metrics (e.g. teacher, it1)."),
+    model: Path = MODEL_OPTION,
+    name: str = NAME_OPTION,
     test: Path = typer.Option(Path("data/prepared/test.npz"), help="Test image set."),
-    metrics: Path = typer.Option(..., help="Metrics JSON (DVC metric)."),
+    metrics: Path = METRICS_OPTION,
     params_file: Path = PARAMS_OPTION,
 ) -> None:
     """Clean accuracy (fractions 0..1) of ``model`` on ``test``."""

@@ -16,6 +16,7 @@ from noisy_student.models import load_classifier
 from noisy_student.pseudo_labels import softmax
 from noisy_student.training import resolve_device
 from stages._common import (
+    METRICS_OPTION,
     PARAMS_OPTION,
     Timer,
     friendly_errors,
@@ -32,7 +33,7 @@ def main(
     teacher: Path = typer.Option(..., help="Teacher checkpoint."),
     unlabeled: Path = typer.Option(Path("data/prepared/unlabeled.npz"), help="Unlabeled image set."),
     out: Path = typer.Option(..., help="Folder of Parquet shards to write."),
-    metrics: Path = typer.Option(..., help="Metrics JSON (DVC metric)."),
+    metrics: Path = METRICS_OPTION,
     params_file: Path = PARAMS_OPTION,
 ) -> None:
     """Predict soft pseudo labels (full distribution at the configured temperature) in eval mode."""

@@ -12,7 +12,16 @@ import typer
 from noisy_student.data import load_imageset
 from noisy_student.models import load_classifier
 from noisy_student.pseudo_labels import targets_from_probs
-from stages._common import PARAMS_OPTION, fail, friendly_errors, images_tensor, params_or_exit, stage_run, torch_threads
+from stages._common import (
+    METRICS_OPTION,
+    PARAMS_OPTION,
+    fail,
+    friendly_errors,
+    images_tensor,
+    params_or_exit,
+    stage_run,
+    torch_threads,
+)
 from stages._fit import fit
 
 
@@ -22,7 +31,7 @@ def main(
     selected: Path = typer.Option(..., help="Selected pseudo labels from `filter-balance`."),
     data: Path = typer.Option(Path("data/prepared"), help="Folder written by `prepare`."),
     out: Path = typer.Option(..., help="Student checkpoint to write."),
-    metrics: Path = typer.Option(..., help="Metrics JSON (DVC metric)."),
+    metrics: Path = METRICS_OPTION,
     params_file: Path = PARAMS_OPTION,
 ) -> None:
     """Train the student jointly on labeled and pseudo-labeled images with full noise."""

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -14,13 +12,7 @@ from noisy_student.robustness.attacks import accuracy_under_attack, fgsm, pgd
 EPSILONS = (0.0, 2.0, 8.0, 32.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # on a small shared CPU, intra-op threads contend with other jobs and small ops run far slower
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def brightness_task(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

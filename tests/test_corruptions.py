@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -15,14 +15,7 @@ from noisy_student.robustness.corruptions import (
     gaussian_kernel1d,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # on a small shared CPU, intra-op threads contend with other jobs and small ops run far slower
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def natural_images(n: int, channels: int, size: int, seed: int = 0) -> torch.Tensor:
