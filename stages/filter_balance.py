@@ -6,52 +6,47 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
-import pyarrow.parquet as pq
 import typer
 
 from noisy_student.io import atomic_path
 from noisy_student.plots import confidence_histogram
-from noisy_student.pseudo_labels import filter_and_balance
+from noisy_student.pseudo_labels import filter_balance_shards, shard_files
 from stages._common import PARAMS_OPTION, friendly_errors, params_or_exit, stage_run, write_metrics
-
-NUM_CLASSES = 10
 
 
 def main(
     iteration: str = typer.Option(..., help="Iteration name."),
     predictions: Path = typer.Option(..., help="Folder of Parquet shards from `predict`."),
-    out: Path = typer.Option(..., help="Selected rows (Parquet): id, copies, pred, confidence, probs."),
+    out: Path = typer.Option(..., help="Selected rows (Parquet): the prediction columns (probs or top-k) + copies."),
     metrics: Path = typer.Option(..., help="Stats JSON (DVC metric)."),
     plot: Path = typer.Option(..., help="Confidence histogram PNG."),
     classes_csv: Path = typer.Option(..., help="Per-class kept/dropped counts (CSV, DVC plot)."),
     params_file: Path = PARAMS_OPTION,
 ) -> None:
     """Select pseudo-labeled images the paper's way and record what was kept and dropped."""
-    params = params_or_exit(params_file)
+    params = params_or_exit(params_file, iteration)
     f = params.filter
     with friendly_errors():
-        if not predictions.is_dir():
-            raise FileNotFoundError(f"{predictions}: predictions folder not found (run `predict` first)")
-        table = pq.read_table(predictions)
-    pred = table["pred"].to_numpy()
-    conf = table["confidence"].to_numpy()
-    label = table["label"].to_numpy()
-    is_ood = label < 0
+        shard_files(predictions)  # a missing input stops here, before an MLflow run is opened
     with stage_run("filter-balance", params, ("filter",), iteration):
-        selected, stats = filter_and_balance(
-            pred, conf, NUM_CLASSES, f.confidence_threshold, f.images_per_class, f.balance, params.seed
-        )
-        rows = selected["row"].to_numpy()
-        out_table = table.take(rows).append_column("copies", [selected["copies"].to_numpy()])
-        with atomic_path(out) as tmp:
-            pq.write_table(out_table, tmp)
+        with friendly_errors():
+            # out of core: only pred/confidence/label are loaded; selected rows are streamed shard by shard
+            sel = filter_balance_shards(
+                predictions, out, None, f.confidence_threshold, f.images_per_class, f.balance, params.seed
+            )
+        rows, stats, pred, conf, label = sel.rows, sel.stats, sel.pred, sel.confidence, sel.label
+        is_ood = label < 0
         kept_ood = int(is_ood[rows].sum())
         in_dom_rows = rows[~is_ood[rows]]
+        # label -1 marks an out-of-domain image only next to in-domain ones (Fashion-MNIST + digits/photos);
+        # with data.source folders every label is -1 (class unknown), so there is no in/out split to count
+        nan = float("nan")
+        split = bool((~is_ood).any())
         stats.update(
             {
-                "out_of_domain_in": int(is_ood.sum()),
-                "out_of_domain_kept": kept_ood,
-                "out_of_domain_dropped": int(is_ood.sum()) - kept_ood,
+                "out_of_domain_in": int(is_ood.sum()) if split else nan,
+                "out_of_domain_kept": kept_ood if split else nan,
+                "out_of_domain_dropped": int(is_ood.sum()) - kept_ood if split else nan,
                 "selected_pseudo_label_accuracy": float((pred[in_dom_rows] == label[in_dom_rows]).mean())
                 if len(in_dom_rows)
                 else float("nan"),

@@ -1,9 +1,25 @@
 from __future__ import annotations
 
+import filecmp
+from pathlib import Path
+
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from noisy_student.pseudo_labels import filter_and_balance, softmax, targets_from_probs
+from noisy_student import pseudo_labels
+from noisy_student.pseudo_labels import (
+    dense_from_top_k,
+    filter_and_balance,
+    filter_balance_shards,
+    prediction_table,
+    select_rows,
+    selected_targets,
+    softmax,
+    targets_from_probs,
+    top_k,
+)
 
 
 def test_threshold_drops_low_confidence_rows() -> None:
@@ -59,3 +75,170 @@ def test_softmax_temperature_and_hard_targets() -> None:
     probs = np.array([[0.2, 0.5, 0.3]], dtype=np.float32)
     assert targets_from_probs(probs, "hard").tolist() == [[0.0, 1.0, 0.0]]
     np.testing.assert_array_equal(targets_from_probs(probs, "soft"), probs)
+
+
+def _probs(n: int, k: int, seed: int, ties: bool = True) -> np.ndarray:
+    """(n, k) float32 softmax rows; with ``ties`` a third of the rows are rounded so equal values occur."""
+    rng = np.random.default_rng(seed)
+    p = softmax(rng.normal(size=(n, k)) * 2)
+    if ties:
+        p[: n // 3] = np.round(p[: n // 3], 1)
+    return p
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, 10])
+def test_top_k_matches_a_stable_full_sort(k: int) -> None:
+    probs = _probs(600, 10, seed=k)
+    values, classes = top_k(probs, k)
+    expected = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    assert classes.dtype == np.int32 and values.dtype == np.float32
+    np.testing.assert_array_equal(classes, expected)
+    np.testing.assert_array_equal(values, np.take_along_axis(probs, expected, axis=1))
+    np.testing.assert_array_equal(classes[:, 0], probs.argmax(1))  # top-1 is the predicted class
+
+
+def test_top_k_rejects_k_outside_1_to_num_classes() -> None:
+    with pytest.raises(ValueError, match="top_k"):
+        top_k(_probs(4, 3, 0), 4)
+
+
+def test_top_k_with_all_classes_reproduces_the_full_distribution_exactly() -> None:
+    probs = _probs(500, 10, seed=1)
+    dense = dense_from_top_k(*top_k(probs, 10), 10)
+    np.testing.assert_array_equal(dense, probs)  # bit for bit: no renormalisation when nothing is dropped
+    np.testing.assert_array_equal(targets_from_probs(dense, "soft"), targets_from_probs(probs, "soft"))
+
+
+def test_top_1_is_the_hard_label() -> None:
+    probs = _probs(500, 10, seed=2)
+    dense = dense_from_top_k(*top_k(probs, 1), 10)
+    np.testing.assert_array_equal(dense, targets_from_probs(probs, "hard"))
+
+
+def test_top_k_targets_are_renormalised_and_keep_the_argmax() -> None:
+    probs = _probs(500, 10, seed=3)
+    dense = dense_from_top_k(*top_k(probs, 3), 10)
+    np.testing.assert_allclose(dense.sum(1), 1.0, rtol=1e-6)
+    assert ((dense > 0).sum(1) <= 3).all()
+    np.testing.assert_array_equal(dense.argmax(1), probs.argmax(1))
+    np.testing.assert_array_equal(targets_from_probs(dense, "hard"), targets_from_probs(probs, "hard"))
+
+
+def _pool(n: int, k: int = 10, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """ids, source, labels (-1 = out of domain), probs of a synthetic unlabeled pool."""
+    rng = np.random.default_rng(seed)
+    ids = rng.permutation(10 * n)[:n].astype(np.int64)
+    labels = rng.integers(-1, k, n).astype(np.int64)
+    source = np.where(labels < 0, "digits", "fashion_mnist")
+    return ids, source, labels, _probs(n, k, seed)
+
+
+def test_prediction_table_without_top_k_is_the_original_layout() -> None:
+    ids, source, labels, probs = _pool(50)
+    reference = pa.table(  # the table `predict` wrote before prediction_table existed
+        {
+            "id": pa.array(ids),
+            "source": pa.array(source.astype(str)),
+            "label": pa.array(labels),
+            "pred": pa.array(probs.argmax(1).astype(np.int32)),
+            "confidence": pa.array(probs.max(1)),
+            "probs": pa.FixedSizeListArray.from_arrays(pa.array(probs.reshape(-1)), probs.shape[1]),
+        }
+    )
+    assert prediction_table(ids, source, labels, probs).equals(reference, check_metadata=True)
+
+
+def _write_shards(folder: Path, n: int, shard: int, k: int | None, seed: int = 0) -> None:
+    folder.mkdir(parents=True)
+    ids, source, labels, probs = _pool(n, seed=seed)
+    for i, start in enumerate(range(0, n, shard)):
+        sl = slice(start, start + shard)
+        pq.write_table(
+            prediction_table(ids[sl], source[sl], labels[sl], probs[sl], k), folder / f"part-{i:05d}.parquet"
+        )
+
+
+def _reference_selected(folder: Path, out: Path, threshold: float, per_class: int, balance: bool, **kw: int) -> None:
+    """The in-memory filter-balance stage as it was: whole table, filter_and_balance, take, one write."""
+    table = pq.read_table(folder)
+    selected, _ = filter_and_balance(
+        table["pred"].to_numpy(), table["confidence"].to_numpy(), 10, threshold, per_class, balance, seed=7
+    )
+    out_table = table.take(selected["row"].to_numpy()).append_column("copies", [selected["copies"].to_numpy()])
+    pq.write_table(out_table, out, **kw)
+
+
+@pytest.mark.parametrize(
+    ("k", "threshold", "per_class", "balance"),
+    [(None, 0.3, 40, True), (None, 0.0, 1000, False), (3, 0.3, 40, True), (None, 1.1, 40, True)],
+)
+def test_out_of_core_filter_balance_writes_the_same_file(
+    tmp_path: Path, k: int | None, threshold: float, per_class: int, balance: bool
+) -> None:
+    folder = tmp_path / "predictions"
+    _write_shards(folder, 1000, 128, k)  # 8 shards, the last one short
+    _reference_selected(folder, tmp_path / "reference.parquet", threshold, per_class, balance)
+    sel = filter_balance_shards(folder, tmp_path / "selected.parquet", 10, threshold, per_class, balance, seed=7)
+    assert filecmp.cmp(tmp_path / "reference.parquet", tmp_path / "selected.parquet", shallow=False)
+    table = pq.read_table(folder)
+    np.testing.assert_array_equal(sel.confidence, table["confidence"].to_numpy())
+    np.testing.assert_array_equal(sel.label, table["label"].to_numpy())
+
+
+def test_out_of_core_filter_balance_splits_row_groups_like_write_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pseudo_labels, "ROW_GROUP_ROWS", 70)
+    folder = tmp_path / "predictions"
+    _write_shards(folder, 1000, 128, None)
+    _reference_selected(folder, tmp_path / "reference.parquet", 0.3, 40, True, row_group_size=70)
+    filter_balance_shards(folder, tmp_path / "selected.parquet", 10, 0.3, 40, True, seed=7)
+    assert pq.ParquetFile(tmp_path / "selected.parquet").metadata.num_row_groups > 3
+    assert filecmp.cmp(tmp_path / "reference.parquet", tmp_path / "selected.parquet", shallow=False)
+
+
+def test_selected_targets_reads_both_layouts(tmp_path: Path) -> None:
+    for k in (None, 10, 2):
+        folder = tmp_path / f"predictions-{k}"
+        _write_shards(folder, 300, 100, k)
+        out = tmp_path / f"selected-{k}.parquet"
+        filter_balance_shards(folder, out, 10, 0.3, 40, True, seed=7)
+        ids, copies, probs = selected_targets(pq.read_table(out), 10)
+        if k is None:
+            full = probs
+        assert probs.shape == (len(ids), 10) and (copies >= 1).all()
+        if k == 10:
+            np.testing.assert_array_equal(probs, full)
+        if k == 2:
+            np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-6)
+            np.testing.assert_array_equal(probs.argmax(1), full.argmax(1))
+
+
+def test_missing_predictions_folder_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="run `predict` first"):
+        filter_balance_shards(tmp_path / "nope", tmp_path / "out.parquet", 10, 0.3, 5, True, 0)
+
+
+@pytest.mark.parametrize("balance", [True, False])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_vectorised_selection_equals_the_reference(balance: bool, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n, classes = 5000, 12
+    pred = rng.integers(0, classes - 2, n)  # the last two classes are empty
+    pred[:5] = [-1, classes, classes + 3, -2, classes]  # out-of-range predictions match no class
+    conf = np.round(rng.random(n).astype(np.float32), 2)  # many exact ties: the stable tie-break matters
+    frame, stats = filter_and_balance(pred, conf, classes, 0.3, 450, balance, seed)
+    rows, copies, stats2 = select_rows(pred, conf, classes, 0.3, 450, balance, seed)
+    np.testing.assert_array_equal(rows, frame["row"].to_numpy())
+    np.testing.assert_array_equal(copies, frame["copies"].to_numpy())
+    assert stats2 == stats
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_packed_sort_key_orders_like_lexsort(dtype: type) -> None:
+    rng = np.random.default_rng(0)
+    cls = rng.integers(0, 7, 3000).astype(np.int32)
+    conf = np.round(rng.random(3000), 2).astype(dtype)
+    conf[:10] = [0.0, -0.0, 1.0, 0.0, -0.0, 1.0, 0.5, 0.5, 0.0, 1.0]  # signed zeros tie in the reference
+    order = pseudo_labels._class_then_confidence_order(cls, conf)
+    np.testing.assert_array_equal(order, np.lexsort((-conf, cls)))

@@ -1,0 +1,114 @@
+"""`predict` -> `filter-balance` -> the student's targets, as processes, with and without `pseudo_labels.top_k`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+
+from noisy_student.config import ModelParams
+from noisy_student.data import ImageSet, load_imageset, save_imageset
+from noisy_student.evaluation import predict_logits
+from noisy_student.models import create_classifier, load_classifier, save_checkpoint
+from noisy_student.pseudo_labels import TOPK_CLASSES, TOPK_PROBS, prediction_table, selected_targets, softmax
+from stages._common import images_tensor
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _stage(module: str, args: list[str], cwd: Path) -> None:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}", "NOISY_STUDENT_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random teacher and a 90-image unlabeled pool (10 out of domain)."""
+    root = tmp_path_factory.mktemp("stages")
+    rng = np.random.default_rng(0)
+    labels = np.concatenate([rng.integers(0, 10, 80), np.full(10, -1)])
+    pool = ImageSet(
+        rng.integers(0, 256, (90, 28, 28), dtype=np.uint8),
+        labels,
+        np.arange(1000, 1090),
+        np.where(labels < 0, "digits", "fashion_mnist"),
+    )
+    save_imageset(root / "unlabeled.npz", pool)
+    model, spec = create_classifier(ModelParams(arch="test_resnet"), 10, 1, (0.5,), (0.25,))
+    save_checkpoint(root / "teacher.pt", model, spec, {"name": "teacher"})
+    return root
+
+
+def _run(root: Path, top_k: int | None) -> Path:
+    work = root / f"k{top_k}"
+    work.mkdir()
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["device"] = "cpu"
+    # shards of 20 from batches of 16: predict's streaming must carry rows across chunk ends
+    params["pseudo_labels"].update(top_k=top_k, shard_size=20, batch_size=16)
+    params["filter"].update(confidence_threshold=0.0, images_per_class=12)
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    common = ["--iteration", "it1", "--params", str(work / "params.yaml")]
+    _stage(
+        "stages.predict",
+        [*common, "--teacher", str(root / "teacher.pt"), "--unlabeled", str(root / "unlabeled.npz")]
+        + ["--out", str(work / "predictions"), "--metrics", str(work / "predict.json")],
+        work,
+    )
+    _stage(
+        "stages.filter_balance",
+        [*common, "--predictions", str(work / "predictions"), "--out", str(work / "selected.parquet")]
+        + ["--metrics", str(work / "filter.json"), "--plot", str(work / "c.png"), "--classes-csv", str(work / "c.csv")],
+        work,
+    )
+    return work
+
+
+@pytest.fixture(scope="module")
+def runs(inputs: Path) -> dict[int | None, Path]:
+    """Both stages run once per top_k setting, shared by the tests below."""
+    return {k: _run(inputs, k) for k in (None, 3)}
+
+
+def test_top_k_flows_from_predict_to_the_student_targets(runs: dict[int | None, Path]) -> None:
+    full, top3 = runs[None], runs[3]
+    assert len(list((full / "predictions").glob("part-*.parquet"))) == 5  # 90 images / shard_size 20
+    full_table, top_table = pq.read_table(full / "selected.parquet"), pq.read_table(top3 / "selected.parquet")
+    assert "probs" in full_table.column_names and TOPK_PROBS not in full_table.column_names
+    assert {TOPK_PROBS, TOPK_CLASSES} <= set(top_table.column_names) and "probs" not in top_table.column_names
+    # the selection reads only pred/confidence, which top_k does not change: same rows, same copies
+    assert full_table.select(["id", "pred", "confidence", "copies"]).equals(
+        top_table.select(["id", "pred", "confidence", "copies"])
+    )
+    ids, copies, probs = selected_targets(full_table, 10)
+    ids3, copies3, probs3 = selected_targets(top_table, 10)
+    np.testing.assert_array_equal(ids, ids3)
+    np.testing.assert_array_equal(copies, copies3)
+    np.testing.assert_array_equal(probs3.argmax(1), probs.argmax(1))
+    assert ((probs3 > 0).sum(1) <= 3).all()
+    np.testing.assert_allclose(probs3.sum(1), 1.0, rtol=1e-6)
+    # the 3 kept entries keep the teacher's proportions
+    top = np.sort(probs, axis=1)[:, ::-1][:, :3]
+    np.testing.assert_allclose(np.sort(probs3, axis=1)[:, ::-1][:, :3], top / top.sum(1, keepdims=True), rtol=1e-5)
+
+
+def test_streamed_predict_writes_what_one_pass_over_the_pool_writes(
+    inputs: Path, runs: dict[int | None, Path], one_thread: None
+) -> None:
+    work = runs[None]
+    model, _, _ = load_classifier(inputs / "teacher.pt")
+    pool = load_imageset(inputs / "unlabeled.npz")
+    # the stage before streaming: all logits at once, then one table per 20 rows
+    probs = softmax(predict_logits(model, images_tensor(pool.images), 16, torch.device("cpu"), progress=False))
+    for shard, start in enumerate(range(0, len(pool), 20)):
+        sl = slice(start, start + 20)
+        expected = prediction_table(pool.ids[sl], pool.source[sl], pool.labels[sl], probs[sl])
+        assert pq.read_table(work / "predictions" / f"part-{shard:05d}.parquet").equals(expected)
