@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -144,8 +144,9 @@ def test_imagenet_p_frame_folders(tmp_path: Path) -> None:
         list(iter_imagenet_p(root, size=8, perturbations=["rotate"]))
 
 
-@pytest.mark.skipif(importlib.util.find_spec("av") is not None, reason="PyAV installed: .mp4 files are decodable")
-def test_imagenet_p_mp4_without_pyav_says_how_to_fix(tmp_path: Path) -> None:
+def test_imagenet_p_mp4_without_pyav_says_how_to_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # PyAV is in the dev extra; a None entry in sys.modules makes `import av` fail as if it were absent
+    monkeypatch.setitem(sys.modules, "av", None)
     video = tmp_path / "imagenet-p" / "scale" / MODEL_WNIDS[0] / "ILSVRC2012_val_00000003.mp4"
     video.parent.mkdir(parents=True)
     video.write_bytes(b"\x00\x00\x00\x18ftypmp42")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -34,14 +35,30 @@ def training_curves(history: pd.DataFrame, title: str, path: Path) -> None:
 
 
 def confidence_histogram(
-    confidence: np.ndarray, is_out_of_domain: np.ndarray, threshold: float, title: str, path: Path
+    confidence: np.ndarray,
+    is_out_of_domain: np.ndarray,
+    threshold: float,
+    title: str,
+    path: Path,
+    in_domain_label: str = "in-domain (Fashion-MNIST)",
 ) -> None:
-    """Teacher top-1 confidence, in-domain vs out-of-domain, with the filter threshold."""
+    """Teacher top-1 confidence, in-domain vs out-of-domain, with the filter threshold.
+
+    Rows with a known true label are in-domain (legend ``in_domain_label``), rows with label < 0
+    out-of-domain. When no row has a known label (``data.source: folders``: every unlabeled image has
+    label -1 because its class is unknown, not because it lies outside the domain) the pool is drawn
+    as one histogram, "unlabeled pool". A group without rows is not drawn: a density histogram of
+    nothing divides by zero.
+    """
     fig, ax = plt.subplots(figsize=(6, 3.4))
     bins = np.linspace(0, 1, 41)
-    ax.hist(confidence[~is_out_of_domain], bins=bins, alpha=0.7, label="in-domain (Fashion-MNIST)", density=True)
-    if is_out_of_domain.any():
-        ax.hist(confidence[is_out_of_domain], bins=bins, alpha=0.7, label="out-of-domain", density=True)
+    in_domain = ~is_out_of_domain
+    if in_domain.any():
+        ax.hist(confidence[in_domain], bins=bins, alpha=0.7, label=in_domain_label, density=True)
+        if is_out_of_domain.any():
+            ax.hist(confidence[is_out_of_domain], bins=bins, alpha=0.7, label="out-of-domain", density=True)
+    elif len(confidence):
+        ax.hist(confidence, bins=bins, alpha=0.7, label="unlabeled pool (classes unknown)", density=True)
     ax.axvline(threshold, color="k", ls="--", label=f"threshold {threshold:g}")
     ax.set(xlabel="teacher top-1 confidence", ylabel="density", title=title)
     ax.legend()
@@ -58,3 +75,20 @@ def attack_curve(curves: dict[str, pd.DataFrame], title: str, path: Path) -> Non
     ax.grid(alpha=0.3)
     ax.legend()
     _save(fig, path)
+
+
+def fgsm_comparison(folder: Path, path: Path, models: Sequence[str] | None = None) -> list[str]:
+    """One accuracy-vs-epsilon PNG with every evaluated model's FGSM curve (``folder/fgsm-<model>.csv``).
+
+    ``models``: the models to draw, in this order (e.g. params ``evaluate``); ones without a CSV are
+    skipped, so a partly run pipeline still gets a plot. ``None``: every ``fgsm-*.csv`` in ``folder``,
+    sorted by name. Returns the models drawn; raises ``FileNotFoundError`` when there is none, rather
+    than writing an empty figure.
+    """
+    if models is None:
+        models = sorted(p.name[len("fgsm-") : -len(".csv")] for p in folder.glob("fgsm-*.csv"))
+    curves = {m: pd.read_csv(folder / f"fgsm-{m}.csv") for m in models if (folder / f"fgsm-{m}.csv").is_file()}
+    if not curves:
+        raise FileNotFoundError(f"{folder}: no fgsm-<model>.csv curves (run the eval-FGSM stages first)")
+    attack_curve(curves, "FGSM: top-1 vs epsilon", path)
+    return list(curves)

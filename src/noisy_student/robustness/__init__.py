@@ -17,6 +17,7 @@ from noisy_student.robustness.loaders import (
     iter_imagenet_p,
     load_image_folder,
     load_imagenet_a,
+    read_class_list,
 )
 from noisy_student.robustness.metrics import (
     ALEXNET_CLEAN_ERROR,
@@ -68,6 +69,7 @@ __all__ = [
     "mt5d",
     "perturbation_sequence",
     "pgd",
+    "read_class_list",
     "relative_corruption_errors",
     "top5_distance",
     "top5_rank_distance",

@@ -26,6 +26,7 @@ into the class list (wnids) the caller's model was trained with.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -129,6 +130,49 @@ def class_index(wnids: Sequence[str]) -> dict[str, int]:
     if len(index) != len(wnids):
         raise ValueError("the class list (wnids) has duplicates")
     return index
+
+
+def read_class_list(path: str | Path) -> list[str]:
+    """The model's class ids (WordNet ids for ImageNet) in logit order, from a class index file.
+
+    Accepted formats, so the usual ImageNet files work unchanged:
+
+    - JSON list of ids: ``["n01440764", "n01443537", ...]``;
+    - JSON object index -> id or index -> [id, name] (``imagenet_class_index.json`` of Keras and
+      torchvision examples): ``{"0": ["n01440764", "tench"], ...}``, ordered by the integer index;
+    - text, one class per line, the id as the first word (``LOC_synset_mapping.txt``:
+      ``n01440764 tench, Tinca tinca``); blank lines and lines starting with ``#`` are skipped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: class index file not found")
+    text = path.read_text()
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err})") from err
+        if isinstance(data, dict):
+            try:
+                items = sorted(((int(k), v) for k, v in data.items()), key=lambda kv: kv[0])
+            except ValueError as err:
+                raise ValueError(f"{path}: JSON object keys must be integer class indices ({err})") from err
+            if [k for k, _ in items] != list(range(len(items))):
+                raise ValueError(f"{path}: class indices must be 0..{len(items) - 1} without gaps")
+            data = [v[0] if isinstance(v, list) and v else v for _, v in items]
+        if not isinstance(data, list) or not all(isinstance(w, str) and w for w in data):
+            raise ValueError(f"{path}: expected a JSON list of class ids or an object index -> id / [id, name]")
+        wnids = list(data)
+    else:
+        lines = (line.strip() for line in text.splitlines())
+        wnids = [line.split()[0] for line in lines if line and not line.startswith("#")]
+    if not wnids:
+        raise ValueError(f"{path}: no class ids found")
+    try:
+        class_index(wnids)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    return wnids
 
 
 def _class_folder_samples(

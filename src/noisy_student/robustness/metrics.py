@@ -59,6 +59,13 @@ ALEXNET_IMAGENET_C_ERRORS: dict[str, float] = {
 # reference code evaluates) reports acc@1 56.522 %, i.e. 0.43478; some re-implementations use 0.4345.
 ALEXNET_CLEAN_ERROR: float = 0.4348
 
+# ImageNet-P has no AlexNet baseline constants here on purpose. The reference evaluation code
+# (hendrycks/robustness, ImageNet-P/test.py) only prints a model's raw flip probability and top-5
+# distance per perturbation; AlexNet's values are not in that code, and the maintainer points to a
+# spreadsheet for them (hendrycks/robustness issue #49) that could not be checked when this was
+# written. Rather than guess, the baseline of the released ImageNet-P is given as a JSON file
+# (params: robustness.p_baseline_file) and passed to `mfr` / `mt5d`.
+
 Errors = Mapping[str, Mapping[int, float]]
 Baseline = Mapping[str, Mapping[int, float] | float]
 
