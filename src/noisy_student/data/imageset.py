@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from noisy_student.io import atomic_path
+from noisy_student.io import atomic_path, write_json
+
+# Beside labeled/unlabeled/test.npz: the class names, list index = class index (= model logit).
+CLASSES_FILE = "classes.json"
 
 
 @dataclass(frozen=True)
@@ -62,3 +66,19 @@ def load_imageset(path: str | Path) -> ImageSet:
         raise FileNotFoundError(f"{path}: image set not found (run the 'prepare' stage first: dvc repro prepare)")
     with np.load(path, allow_pickle=False) as z:
         return ImageSet(z["images"], z["labels"], z["ids"], z["source"])
+
+
+def save_classes(folder: str | Path, names: list[str] | tuple[str, ...]) -> None:
+    """Write the class names of a prepared data folder (JSON list; index = label = logit index)."""
+    write_json(Path(folder) / CLASSES_FILE, list(names))
+
+
+def load_classes(folder: str | Path) -> list[str] | None:
+    """The class names written by ``prepare``, or None for a folder prepared before they were stored."""
+    path = Path(folder) / CLASSES_FILE
+    if not path.is_file():
+        return None
+    names = json.loads(path.read_text())
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{path}: expected a JSON list of class names")
+    return names

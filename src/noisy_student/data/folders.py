@@ -1,0 +1,209 @@
+"""The user's own images in ImageNet-style folders, decoded with PIL into uint8 arrays.
+
+Layout: a labeled (or test) folder holds one sub-folder per class,
+``<dir>/<class>/<image>`` (images may sit deeper inside a class folder); the
+sorted class folder names are the class indices. An unlabeled folder is any
+tree of image files; its sub-folder names carry no meaning.
+
+Every image is decoded, converted to greyscale or RGB, its shorter side
+resized to ``size`` and centre-cropped to ``size x size``, and the result held
+in memory as uint8: ``N * size * size * channels`` bytes (300,000 RGB images
+of 32 px are 0.9 GB).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+from tqdm.auto import tqdm
+
+# What PIL decodes out of the box; other files (README, .DS_Store, CSVs) are skipped.
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
+)
+_EXT_LIST = "/".join(sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS))
+# Below this many images a worker pool costs more (process start-up) than it saves.
+_POOL_MIN_IMAGES = 256
+
+
+class FolderDataError(ValueError):
+    """The image folders do not match the expected layout; the message names the path and what was expected."""
+
+
+@dataclass(frozen=True)
+class ClassFolders:
+    """The image files of a ``<dir>/<class>/<image>`` tree.
+
+    ``files`` ``(N,)`` are sorted by class, then by path inside the class;
+    ``labels`` ``(N,)`` int64 index ``classes`` (sorted folder names).
+    """
+
+    root: Path
+    classes: tuple[str, ...]
+    files: tuple[Path, ...]
+    labels: np.ndarray
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def image_files(root: Path) -> list[Path]:
+    """Every image file under ``root`` (recursive, symlinks followed), sorted by relative path.
+
+    Hidden files and folders (``.name``) and files without an image extension are skipped.
+    Sorting by the relative POSIX path makes the order, and so ids and subsamples,
+    independent of the file system's listing order.
+    """
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                found.append(Path(dirpath) / name)
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def _require_dir(root: Path, key: str, layout: str) -> None:
+    if not root.is_dir():
+        what = "is not a folder" if root.exists() else "does not exist"
+        raise FolderDataError(f"{key}: {root} {what}; expected a folder laid out as {layout}")
+
+
+def scan_class_folders(root: str | Path, key: str, min_classes: int = 2) -> ClassFolders:
+    """List a ``<root>/<class>/<image>`` tree; ``key`` (e.g. ``data.labeled_dir``) names it in errors.
+
+    Raises :class:`FolderDataError` when ``root`` is missing, has fewer than
+    ``min_classes`` class folders (a classifier needs two; a test folder may
+    cover fewer classes), has image files outside any class folder, or a class folder
+    holds no image.
+    """
+    root = Path(root)
+    layout = f"{root}/<class>/<image>"
+    _require_dir(root, key, layout)
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    loose = [p for p in root.iterdir() if p.is_file() and not _hidden(p, root) and p.suffix.lower() in IMAGE_EXTENSIONS]
+    if loose:
+        # they would silently belong to no class
+        raise FolderDataError(
+            f"{key}: {sorted(loose)[0]} lies directly in {root} ({len(loose)} such images); "
+            f"expected every image inside a class folder: {layout}"
+        )
+    if len(class_dirs) < min_classes:
+        raise FolderDataError(
+            f"{key}: {root} has {len(class_dirs)} class folder(s); "
+            f"expected at least {min_classes}, laid out as {layout}"
+        )
+    files: list[Path] = []
+    labels: list[int] = []
+    for index, folder in enumerate(class_dirs):
+        members = image_files(folder)
+        if not members:
+            raise FolderDataError(
+                f"{key}: class folder {folder} holds no image; expected at least one {_EXT_LIST} file"
+            )
+        files += members
+        labels += [index] * len(members)
+    return ClassFolders(root, tuple(p.name for p in class_dirs), tuple(files), np.array(labels, dtype=np.int64))
+
+
+def scan_unlabeled_folder(root: str | Path, key: str) -> list[Path]:
+    """Every image file under ``root`` (see :func:`image_files`); an error when there is none."""
+    root = Path(root)
+    _require_dir(root, key, f"{root}/[any/sub/folders/]<image>")
+    files = image_files(root)
+    if not files:
+        raise FolderDataError(f"{key}: {root} holds no image file; expected {_EXT_LIST} files (searched recursively)")
+    return files
+
+
+def _to_mode(img: Image.Image, channels: int) -> Image.Image:
+    """``img`` as ``L`` (1 channel) or ``RGB`` (3): alpha over white, 16-bit scaled to 8 bits."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # PIL clips 16-bit values when converting to L; scale the range instead
+        arr = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(arr * (255.0 / 65535.0), 0, 255).round().astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        # transparent pixels hold arbitrary colours; show them over white, as a viewer would
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return img.convert("L" if channels == 1 else "RGB")
+
+
+def decode_image(path: Path, size: int, channels: int) -> np.ndarray:
+    """One file -> ``(size, size)`` (channels 1) or ``(size, size, 3)`` uint8.
+
+    EXIF orientation is applied; the shorter side is resized to ``size``
+    (bilinear, antialiased) and the centre square kept, in one resampling.
+    """
+    try:
+        with Image.open(path) as img:
+            # JPEG: let the decoder downscale by 1/2..1/8 while both sides stay >= size (much faster)
+            img.draft("L" if channels == 1 else "RGB", (size, size))
+            img = ImageOps.exif_transpose(img)
+            img = _to_mode(img, channels)
+            w, h = img.size
+            side = min(w, h)
+            box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+            out = img.resize((size, size), Image.Resampling.BILINEAR, box=box)
+            return np.asarray(out, dtype=np.uint8).copy()
+    except Exception as exc:  # any decoder failure is a property of the user's file: report it with its path
+        raise FolderDataError(
+            f"{path}: cannot read this image ({type(exc).__name__}: {exc}); "
+            "expected a valid image file PIL can decode (delete or replace it)"
+        ) from None
+
+
+def _decode_star(args: tuple[Path, int, int]) -> np.ndarray:
+    return decode_image(*args)
+
+
+def decode_workers() -> int:
+    """Worker processes: ``NOISY_STUDENT_WORKERS`` when set, else the CPUs this process may use."""
+    if os.environ.get("NOISY_STUDENT_WORKERS"):
+        return max(1, int(os.environ["NOISY_STUDENT_WORKERS"]))
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def decode_images(files: Sequence[Path], size: int, channels: int, desc: str, workers: int | None = None) -> np.ndarray:
+    """Decode ``files`` into ``(N, size, size)`` or ``(N, size, size, 3)`` uint8, in file order.
+
+    Large lists are decoded by a pool of worker processes (results come back in
+    order, so the output never depends on the worker count); a progress bar
+    reports the rate. The first unreadable file stops everything with its path.
+    """
+    shape = (size, size) if channels == 1 else (size, size, 3)
+    out = np.empty((len(files), *shape), dtype=np.uint8)
+    workers = decode_workers() if workers is None else workers
+    jobs = [(Path(f), size, channels) for f in files]
+    bar = tqdm(total=len(files), desc=desc, unit="img", mininterval=5.0)
+    try:
+        if workers <= 1 or len(files) < _POOL_MIN_IMAGES:
+            for i, job in enumerate(jobs):
+                out[i] = _decode_star(job)
+                bar.update()
+        else:
+            # fork: workers need only PIL + numpy, and must not re-import the stage (torch, mlflow) as spawn would
+            methods = multiprocessing.get_all_start_methods()
+            ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
+            chunk = max(1, min(256, len(jobs) // (workers * 8)))
+            with ctx.Pool(workers) as pool:  # leaving the block terminates the workers, also on an error
+                for i, img in enumerate(pool.imap(_decode_star, jobs, chunksize=chunk)):
+                    out[i] = img
+                    bar.update()
+    finally:
+        bar.close()
+    return out
+
+
+def subsample(count: int, cap: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded uniform subsample of ``cap`` out of ``count`` (all when ``cap`` is None or larger)."""
+    if cap is None or cap >= count:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(seed).choice(count, size=cap, replace=False))
