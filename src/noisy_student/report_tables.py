@@ -1,0 +1,192 @@
+"""The report's tables as pure functions: DataFrames in, DataFrames out (no files, no MLflow).
+
+``stages/report.py`` gathers the inputs (metrics JSON files, params, MLflow runs) and writes the
+Markdown and PNGs; everything that decides what a number means lives here, testable on hand-made frames.
+
+Accuracies come in as fractions (0..1, as the stages write them) and leave as percentages.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import pandas as pd
+
+NAN = float("nan")
+BASELINE = "workspace"  # the dvc_exp tag of runs made by a plain `dvc repro` (no DVC experiment)
+
+
+def _pct(value: Any) -> float:
+    """Fraction -> percent; anything missing or non-numeric -> NaN (the table shows a gap, not a crash)."""
+    try:
+        out = 100.0 * float(value)
+    except (TypeError, ValueError):
+        return NAN
+    return out
+
+
+def _num(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return NAN
+
+
+def natural_key(name: str) -> tuple[Any, ...]:
+    """Sort key that puts it2 before it10 (plain string order would not)."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(name)))
+
+
+def summary_table(models: pd.DataFrame, epsilons: Sequence[float], experiment: str = BASELINE) -> pd.DataFrame:
+    """Paper-style robustness summary, one row per evaluated model.
+
+    ``models``: index = model name, columns = flattened metrics keys ``<file>.<key>`` as read from
+    ``eval-<m>.json`` (``eval.``), ``robustness/{a,c,p,fgsm}-<m>.json`` (``a.``, ``c.``, ``p.``, ``fgsm.``).
+    mCE / mFR stay on their x100 scale (lower is better); every accuracy is in %.
+    """
+    rows = []
+    for name, m in models.iterrows():
+        row: dict[str, Any] = {
+            "experiment": experiment,
+            "model": name,
+            "clean top-1 %": _pct(m.get("eval.top1")),
+            "A top-1 %": _pct(m.get("a.top1")),
+            "C mCE": _num(m.get("c.mce")),
+            "C top-1 %": _pct(m.get("c.corrupted_top1")),
+            "P mFR": _num(m.get("p.mfr")),
+        }
+        for eps in epsilons:
+            row[f"FGSM eps={eps:g} %"] = _pct(m.get(f"fgsm.fgsm_top1_eps{eps:g}"))
+        # PGD's step count is part of its key (pgd10_top1_eps8): show whatever was run, named as run
+        for key in sorted(k for k in m.index if str(k).startswith("fgsm.pgd") and not _isnan(m[k])):
+            attack, eps = key.removeprefix("fgsm.").split("_top1_eps")
+            label = f"{attack.upper().replace('PGD', 'PGD-')} eps={eps}"
+            row[f"{label} %"] = _pct(m[key])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _isnan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def iteration_table(iterations: pd.DataFrame, experiment: str = BASELINE) -> pd.DataFrame:
+    """Table 7 style: one row per self-training iteration, in the given order.
+
+    ``iterations`` columns: ``iteration``, ``teacher`` (model that labelled), ``teacher_arch``,
+    ``student_arch``, ``teacher_top1``, ``student_top1`` (clean test top-1, fractions; NaN when that model
+    was not evaluated), ``pseudo_label_accuracy`` (teacher on the in-domain pool, from predict-<it>.json),
+    ``selected_total`` and ``selected_unique`` (rows the student trains on after filter/balance, and
+    distinct images among them, from filter-<it>.json).
+    """
+    out = pd.DataFrame(
+        {
+            "experiment": experiment,
+            "iteration": iterations["iteration"],
+            "teacher -> student": iterations["teacher"].astype(str) + " -> " + iterations["iteration"].astype(str),
+            "arch": iterations["teacher_arch"].astype(str) + " -> " + iterations["student_arch"].astype(str),
+            "teacher top-1 %": iterations["teacher_top1"].map(_pct),
+            "student top-1 %": iterations["student_top1"].map(_pct),
+            "pseudo-label acc %": iterations["pseudo_label_accuracy"].map(_pct),
+            # counts stay integers in the Markdown (nullable: an iteration may not have run yet)
+            "selected rows": iterations["selected_total"].map(_num).astype("Int64"),
+            "unique images": iterations["selected_unique"].map(_num).astype("Int64"),
+        }
+    )
+    out.insert(6, "gain (points)", out["student top-1 %"] - out["teacher top-1 %"])
+    return out.reset_index(drop=True)
+
+
+def _latest_per_name(runs: pd.DataFrame) -> pd.DataFrame:
+    """The newest run of every run name (a group may hold reruns; the last one is the current result)."""
+    return runs.sort_values("start_time").groupby("run_name", sort=False).tail(1)
+
+
+def _merged_params(runs: pd.DataFrame) -> dict[str, str]:
+    """Union of the params logged by a group's (latest) runs; each stage logs only its own sections."""
+    merged: dict[str, str] = {}
+    for params in _latest_per_name(runs).sort_values("start_time")["params"]:
+        merged.update({str(k): str(v) for k, v in (params or {}).items()})
+    return merged
+
+
+def _eval_top1(runs: pd.DataFrame, model: str) -> float:
+    hit = _latest_per_name(runs[runs["run_name"] == f"eval@{model}"])
+    return _num(hit["top1"].iloc[-1]) if len(hit) else NAN
+
+
+def _last_student(runs: pd.DataFrame) -> str | None:
+    """The latest iteration evaluated in the group (it2 over it1): the one an ablation is about."""
+    names = [n.removeprefix("eval@") for n in runs["run_name"] if str(n).startswith("eval@")]
+    students = sorted({n for n in names if n != "teacher"}, key=natural_key)
+    return students[-1] if students else None
+
+
+def param_diff(params: dict[str, str], baseline: dict[str, str]) -> str:
+    """``key=value`` for every param that differs from the baseline's (keys the baseline never logged too)."""
+    changed = [f"{k}={v}" for k, v in sorted(params.items()) if baseline.get(k) != v]
+    return ", ".join(changed)
+
+
+def ablation_table(runs: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFrame:
+    """Table 6 style: every experiment group in the run history against the baseline.
+
+    ``runs``: one row per MLflow run with columns ``dvc_exp`` (group), ``run_name`` (``eval@it1``,
+    ``student@it1``, ...), ``start_time`` (sortable), ``params_hash``, ``top1`` (the eval runs' metric; NaN
+    elsewhere) and ``params`` (dict of logged params).
+
+    A DVC experiment reruns only the stages its change reaches, so its group often has no ``eval@teacher``
+    run: the teacher's number is then the baseline's, and the ``teacher from`` column says so. The
+    baseline group comes first; the others follow in the order they were first run.
+    """
+    columns = [
+        "experiment",
+        "changed params",
+        "student",
+        "student top-1 %",
+        "teacher top-1 %",
+        "teacher from",
+        "gain (points)",
+        "params_hash",
+        "runs",
+    ]
+    if runs.empty:
+        return pd.DataFrame(columns=columns)
+    groups = {name: g for name, g in runs.groupby("dvc_exp", sort=False)}
+    base_runs = groups.get(baseline, runs.iloc[0:0])
+    base_params = _merged_params(base_runs) if len(base_runs) else {}
+    base_teacher = _eval_top1(base_runs, "teacher") if len(base_runs) else NAN
+    first_seen = {name: g["start_time"].min() for name, g in groups.items()}
+    order = sorted(groups, key=lambda n: (n != baseline, first_seen[n]))
+    rows = []
+    for name in order:
+        group = groups[name]
+        student = _last_student(group)
+        teacher = _eval_top1(group, "teacher")
+        teacher_from = name
+        if _isnan(teacher):
+            teacher, teacher_from = base_teacher, baseline if not _isnan(base_teacher) else ""
+        student_top1 = _pct(_eval_top1(group, student)) if student else NAN
+        hashes = _latest_per_name(group).sort_values("start_time")["params_hash"].dropna()
+        rows.append(
+            {
+                "experiment": name,
+                "changed params": "(baseline)" if name == baseline else param_diff(_merged_params(group), base_params),
+                "student": student or "",
+                "student top-1 %": student_top1,
+                "teacher top-1 %": _pct(teacher),
+                "teacher from": teacher_from,
+                "gain (points)": student_top1 - _pct(teacher),
+                "params_hash": str(hashes.iloc[-1]) if len(hashes) else "",
+                "runs": len(group),
+            }
+        )
+    return pd.DataFrame(rows, columns=columns)
+
+
+def ordered_models(names: Iterable[str]) -> list[str]:
+    """teacher first, then iterations in natural order."""
+    return sorted(set(names), key=lambda n: (n != "teacher", natural_key(n)))

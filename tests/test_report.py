@@ -1,0 +1,265 @@
+"""The report: pure table functions on hand-made frames, and the stage on a hand-made metrics folder + MLflow store."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+from mlflow.entities import Metric, Param
+
+from noisy_student.report_tables import (
+    ablation_table,
+    iteration_table,
+    natural_key,
+    ordered_models,
+    param_diff,
+    summary_table,
+)
+from stages import report
+from tests.conftest import ROOT
+
+# ---------------------------------------------------------------- pure functions
+
+
+def test_summary_table_converts_units_and_leaves_gaps() -> None:
+    models = pd.DataFrame.from_dict(
+        {
+            "teacher": {"eval.top1": 0.8, "a.top1": 0.4, "c.mce": 110.0, "c.corrupted_top1": 0.6, "p.mfr": 80.0},
+            "it1": {
+                "eval.top1": 0.85,
+                "fgsm.fgsm_top1_eps2": 0.7,
+                "fgsm.fgsm_top1_eps8": 0.5,
+                "fgsm.pgd10_top1_eps8": 0.45,
+            },
+        },
+        orient="index",
+    )
+    table = summary_table(models, (2.0, 8.0), experiment="exp-a").set_index("model")
+    assert list(table.index) == ["teacher", "it1"]
+    assert (table["experiment"] == "exp-a").all()
+    assert table.loc["it1", "clean top-1 %"] == pytest.approx(85.0)
+    assert table.loc["teacher", "C mCE"] == 110.0  # already x100: not scaled again
+    assert table.loc["it1", "FGSM eps=8 %"] == pytest.approx(50.0)
+    assert table.loc["it1", "PGD-10 eps=8 %"] == pytest.approx(45.0)
+    # a stage that has not run is a gap, not an error
+    assert math.isnan(table.loc["it1", "A top-1 %"]) and math.isnan(table.loc["teacher", "FGSM eps=2 %"])
+
+
+def test_iteration_table_chains_teachers() -> None:
+    inputs = pd.DataFrame(
+        [
+            ["it1", "teacher", "resnet10t", "resnet18d", 0.80, 0.82, 0.79, 600, 550],
+            ["it2", "it1", "resnet18d", "resnet26d", 0.82, None, None, None, None],
+        ],
+        columns=[
+            "iteration",
+            "teacher",
+            "teacher_arch",
+            "student_arch",
+            "teacher_top1",
+            "student_top1",
+            "pseudo_label_accuracy",
+            "selected_total",
+            "selected_unique",
+        ],
+    )
+    table = iteration_table(inputs, experiment="workspace")
+    first, second = table.iloc[0], table.iloc[1]
+    assert first["teacher -> student"] == "teacher -> it1" and first["arch"] == "resnet10t -> resnet18d"
+    assert first["gain (points)"] == pytest.approx(2.0)
+    assert first["pseudo-label acc %"] == pytest.approx(79.0)
+    assert first["selected rows"] == 600 and str(table["selected rows"].dtype) == "Int64"
+    assert second["teacher -> student"] == "it1 -> it2"
+    assert math.isnan(second["student top-1 %"]) and pd.isna(second["selected rows"])
+
+
+def _run(exp: str, name: str, t: int, top1: float | None = None, **params: Any) -> dict[str, Any]:
+    return {
+        "dvc_exp": exp,
+        "run_name": name,
+        "start_time": t,
+        "params_hash": f"h-{exp}",
+        "top1": float("nan") if top1 is None else top1,
+        "params": {k.replace("__", "."): str(v) for k, v in params.items()},
+    }
+
+
+BASE_PARAMS = {"pseudo_labels__mode": "soft", "noise__randaugment_magnitude": 9}
+
+
+def _history() -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            _run("workspace", "teacher", 1, teacher__model__arch="resnet10t"),
+            _run("workspace", "eval@teacher", 2, 0.80),
+            _run("workspace", "student@it1", 3, **BASE_PARAMS),
+            _run("workspace", "eval@it1", 4, 0.81),
+            # an experiment reruns only the student and its evals: no eval@teacher in its group
+            _run("hard", "student@it1", 5, **{**BASE_PARAMS, "pseudo_labels__mode": "hard"}),
+            _run("hard", "eval@it1", 6, 0.79),
+            # run twice: the later run is the result
+            _run("mag3", "student@it1", 7, **{**BASE_PARAMS, "noise__randaugment_magnitude": 3}),
+            _run("mag3", "eval@it1", 8, 0.70),
+            _run("mag3", "student@it1", 9, **{**BASE_PARAMS, "noise__randaugment_magnitude": 3}),
+            _run("mag3", "eval@it1", 10, 0.83),
+            # a two-iteration experiment: its last student is the one compared
+            _run("two-it", "eval@teacher", 11, 0.78),
+            _run("two-it", "eval@it1", 12, 0.80),
+            _run("two-it", "eval@it2", 13, 0.84),
+        ]
+    )
+
+
+def test_ablation_table_groups_experiments_against_the_baseline() -> None:
+    table = ablation_table(_history()).set_index("experiment")
+    assert list(table.index) == ["workspace", "hard", "mag3", "two-it"]
+    assert table.loc["workspace", "changed params"] == "(baseline)"
+    assert table.loc["workspace", "student top-1 %"] == pytest.approx(81.0)
+    assert table.loc["hard", "changed params"] == "pseudo_labels.mode=hard"
+    # no teacher evaluation in the group: the baseline's, and the table says where it came from
+    assert table.loc["hard", "teacher top-1 %"] == pytest.approx(80.0)
+    assert table.loc["hard", "teacher from"] == "workspace"
+    assert table.loc["hard", "gain (points)"] == pytest.approx(-1.0)
+    assert table.loc["mag3", "changed params"] == "noise.randaugment_magnitude=3"
+    assert table.loc["mag3", "student top-1 %"] == pytest.approx(83.0)
+    assert table.loc["mag3", "runs"] == 4
+    assert table.loc["two-it", "student"] == "it2"
+    assert table.loc["two-it", "teacher top-1 %"] == pytest.approx(78.0)
+    assert table.loc["two-it", "teacher from"] == "two-it"
+    assert table.loc["hard", "params_hash"] == "h-hard"
+
+
+def test_ablation_table_other_baseline_and_empty_history() -> None:
+    table = ablation_table(_history(), baseline="hard").set_index("experiment")
+    assert list(table.index)[0] == "hard"
+    assert table.loc["mag3", "changed params"] == "noise.randaugment_magnitude=3, pseudo_labels.mode=soft"
+    empty = ablation_table(pd.DataFrame())
+    assert empty.empty and "student top-1 %" in empty.columns
+
+
+def test_small_helpers() -> None:
+    assert param_diff({"a": "1", "b": "2", "c": "3"}, {"a": "1", "b": "3"}) == "b=2, c=3"
+    assert sorted(["it10", "it2", "it1"], key=natural_key) == ["it1", "it2", "it10"]
+    assert ordered_models(["it2", "teacher", "it1"]) == ["teacher", "it1", "it2"]
+
+
+# ---------------------------------------------------------------- the stage entry point
+
+
+def _write(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+
+
+def _metrics_folder(root: Path) -> Path:
+    """What a two-iteration pipeline leaves in metrics/ (it2 trained but its robustness evals not run yet)."""
+    m = root / "metrics"
+    for model, top1 in (("teacher", 0.80), ("it1", 0.82), ("it2", 0.83)):
+        _write(m / f"eval-{model}.json", {"top1": top1, "top5": 0.99, "images": 200})
+    for model, shift in (("teacher", 0.0), ("it1", 0.02)):
+        _write(m / "robustness" / f"a-{model}.json", {"top1": 0.40 + shift})
+        _write(m / "robustness" / f"c-{model}.json", {"mce": 100.0 - 10 * shift, "corrupted_top1": 0.6 + shift})
+        _write(m / "robustness" / f"p-{model}.json", {"mfr": 80.0})
+        fgsm = {f"fgsm_top1_eps{e}": 0.7 - e / 40 + shift for e in (0, 4, 16)}
+        _write(m / "robustness" / f"fgsm-{model}.json", {**fgsm, "pgd10_top1_eps8": 0.3})
+    _write(m / "predict-it1.json", {"pseudo_label_accuracy": 0.79})
+    _write(m / "filter-it1.json", {"total": 600, "unique": 550})
+    _write(m / "predict-it2.json", {"pseudo_label_accuracy": 0.81})
+    _write(m / "filter-it2.json", {"total": 620, "unique": 560})
+    return m
+
+
+def _fake_runs(uri: str) -> None:
+    """Runs named and tagged like stage_run's: a baseline repro and one experiment that reran the student."""
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp_id = client.create_experiment("noisy-student")
+    history = [
+        ("workspace", "eval", "teacher", {"eval.batch_size": "512"}, 0.80),
+        ("workspace", "student", "it1", {"pseudo_labels.mode": "soft"}, None),
+        ("workspace", "eval", "it1", {"eval.batch_size": "512"}, 0.82),
+        ("hard-labels", "student", "it1", {"pseudo_labels.mode": "hard"}, None),
+        ("hard-labels", "eval", "it1", {"eval.batch_size": "512"}, 0.815),
+    ]
+    for t, (exp, stage, it, params, top1) in enumerate(history):
+        tags = {"stage": stage, "iteration": it, "dvc_exp": exp, "git_rev": "abc", "params_hash": f"hash-{exp}"}
+        run = client.create_run(exp_id, start_time=1000 + t, tags=tags, run_name=f"{stage}@{it}")
+        metrics = [Metric("top1", top1, 1000 + t, 0)] if top1 is not None else []
+        client.log_batch(run.info.run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()])
+        client.set_terminated(run.info.run_id)
+
+
+def test_report_entry_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    metrics = _metrics_folder(tmp_path)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["iterations"] = {"it1": {"teacher": "teacher"}, "it2": {"teacher": "it1"}}
+    params["evaluate"] = ["teacher", "it1", "it2"]
+    params["robustness"]["fgsm_epsilons"] = [0, 4, 16]
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    _fake_runs(uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+
+    out = tmp_path / "reports" / "report.md"
+    report.main(
+        metrics=metrics, out=out, plots=None, mlflow_history=True, baseline="workspace", params_file=params_file
+    )
+
+    text = out.read_text()
+    for png in ("accuracy.png", "ablations.png"):
+        assert (out.parent / png).stat().st_size > 1000
+        assert f"]({png})" in text  # linked relative to the report
+    # the three tables, parsed back from the Markdown
+    tables = [pd.read_csv(_pipe_table(block), sep="|") for block in text.split("\n\n") if block.startswith("| ")]
+    assert len(tables) == 3, text
+    summary, iterations, ablations = (t.set_index(t.columns[1 if i < 2 else 0]) for i, t in enumerate(tables))
+    assert list(summary.index) == ["teacher", "it1", "it2"]
+    assert (summary["experiment"] == "workspace").all()
+    assert summary.loc["it1", "clean top-1 %"] == pytest.approx(82.0)
+    # of the paper's budgets 2 / 8 / 16 only those evaluated are shown
+    assert summary.loc["it1", "FGSM eps=16 %"] == pytest.approx(32.0) and "FGSM eps=4 %" not in summary
+    assert summary.loc["teacher", "PGD-10 eps=8 %"] == pytest.approx(30.0)
+    assert math.isnan(summary.loc["it2", "A top-1 %"])
+    assert list(iterations.index) == ["it1", "it2"]
+    assert iterations.loc["it2", "teacher -> student"] == "it1 -> it2"
+    assert iterations.loc["it2", "pseudo-label acc %"] == pytest.approx(81.0)
+    assert iterations.loc["it2", "selected rows"] == 620
+    assert iterations.loc["it1", "gain (points)"] == pytest.approx(2.0)
+    assert list(ablations.index) == ["workspace", "hard-labels"]
+    assert ablations.loc["hard-labels", "changed params"] == "pseudo_labels.mode=hard"
+    assert ablations.loc["hard-labels", "student top-1 %"] == pytest.approx(81.5)
+    assert ablations.loc["hard-labels", "teacher top-1 %"] == pytest.approx(80.0)
+
+
+def test_report_without_a_store_writes_every_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No MLflow store yet (a fresh clone): the report still has its tables and both PNGs, and creates no store."""
+    metrics = _metrics_folder(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'absent.db'}")
+    out = tmp_path / "report.md"
+    report.main(
+        metrics=metrics,
+        out=out,
+        plots=None,
+        mlflow_history=True,
+        baseline="workspace",
+        params_file=ROOT / "params.yaml",
+    )
+    assert not (tmp_path / "absent.db").exists()
+    assert (tmp_path / "ablations.png").is_file() and (tmp_path / "accuracy.png").is_file()
+    assert "(nothing recorded yet)" in out.read_text()
+
+
+def _pipe_table(block: str) -> Any:
+    """A Markdown pipe table -> a CSV-like buffer pandas reads (drop the alignment row, trim cells)."""
+    import io
+
+    lines = [line.strip().strip("|") for line in block.strip().splitlines() if not set(line) <= set("|:- ")]
+    return io.StringIO("\n".join("|".join(cell.strip() for cell in line.split("|")) for line in lines))
