@@ -13,10 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import mlflow.pytorch
 import numpy as np
+import timm
 import torch
 import typer
 
+import noisy_student
 from noisy_student.config import Params, ParamsError, load_params
 from noisy_student.data.fashion_mnist import DatasetMissingError
 from noisy_student.io import write_json
@@ -33,9 +36,15 @@ def fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
-def params_or_exit(path: Path) -> Params:
+def params_or_exit(path: Path, iteration: str | None = None) -> Params:
+    """Validated params; with ``iteration``, that iteration's overrides merged in."""
     try:
-        return load_params(path)
+        params = load_params(path)
+        if iteration is None:
+            return params
+        if iteration not in params.iterations:
+            raise ParamsError(f"{path}: iterations: no iteration '{iteration}' (have {list(params.iterations)})")
+        return params.for_iteration(iteration)
     except ParamsError as exc:
         fail(str(exc))
         raise  # unreachable; keeps type checkers calm
@@ -118,6 +127,30 @@ def write_metrics(path: Path, metrics: dict[str, Any]) -> None:
     }
     if mlflow.active_run() is not None and scalars:
         mlflow.log_metrics(scalars)
+
+
+def log_model(
+    model: torch.nn.Module, checkpoint: Path, input_shape: tuple[int, int, int], registered_name: str | None = None
+) -> None:
+    """Log the trained network as an MLflow PyTorch model (and register it when a name is given).
+
+    The DVC-tracked checkpoint (weights + construction spec) goes along as an
+    artifact, so the MLflow run alone is enough to rebuild the model.
+    """
+    mlflow.log_artifact(str(checkpoint), "checkpoint")
+    model = model.cpu().eval()
+    mlflow.pytorch.log_model(
+        model,
+        name="model",
+        # pickle + this package as code: MLflow's default 'pt2' export fixes the batch size
+        # to the example's; the pickled module serves any batch
+        serialization_format="pickle",
+        code_paths=[str(Path(noisy_student.__file__).parent)],
+        input_example=np.zeros((2, *input_shape), np.float32),  # (B, C, H, W) floats in 0..1
+        # explicit requirements: inferring them imports the whole environment (slow, noisy)
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"timm=={timm.__version__}"],
+        registered_model_name=registered_name,
+    )
 
 
 def images_tensor(images: np.ndarray) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
@@ -10,7 +11,7 @@ import pandas as pd
 import torch
 
 from noisy_student.config import ModelParams, NoiseParams, OptimParams, Params
-from noisy_student.data import ImageSet
+from noisy_student.data import ImageSet, load_classes
 from noisy_student.evaluation import predict_logits, topk_accuracy
 from noisy_student.io import atomic_path
 from noisy_student.models import ImageClassifier, create_classifier, save_checkpoint
@@ -18,7 +19,11 @@ from noisy_student.plots import training_curves
 from noisy_student.training import TrainData, resolve_device, run_key, seed_everything, train_classifier
 from stages._common import Timer, images_tensor, project_root, write_metrics
 
-NUM_CLASSES = 10
+
+def class_count(data_dir: Path, labeled: ImageSet) -> int:
+    """Number of classes: the names ``prepare`` stored, else the labeled set's largest label + 1."""
+    names = load_classes(data_dir)
+    return len(names) if names else int(labeled.labels.max()) + 1
 
 
 def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -40,25 +45,36 @@ def fit(
     test: ImageSet,
     out: Path,
     metrics_path: Path,
+    num_classes: int,
     unlabeled_images: torch.Tensor | None = None,
     unlabeled_targets: torch.Tensor | None = None,
     unlabeled_ratio: int = 0,
     extra_metrics: dict[str, float] | None = None,
     key_extra: object = None,
+    prepare_model: Callable[[ImageClassifier], None] | None = None,
+    finetune_epochs: int = 0,
 ) -> ImageClassifier:
-    """Train one model, save it at ``out`` and its metrics/curves beside the DVC metrics."""
+    """Train one model, save it at ``out`` and its metrics/curves beside the DVC metrics.
+
+    ``prepare_model`` sees the freshly built network before training (size
+    checks, warm start). ``finetune_epochs > 0`` selects Table 13's schedule:
+    the whole run on pseudo-labeled images only, then that many epochs on the
+    labeled images (fresh optimizer and schedule).
+    """
     device = resolve_device(params.device)
     mean, std = channel_stats(labeled.images)
     seed_everything(params.seed)  # reproducible initial weights
     model, spec = create_classifier(
         model_params,
-        NUM_CLASSES,
+        num_classes,
         labeled.channels,
         mean,
         std,
         drop_rate=noise.dropout,
         drop_path_rate=noise.stochastic_depth,
     )
+    if prepare_model is not None:
+        prepare_model(model)
     test_images = images_tensor(test.images)
 
     def eval_fn(m: ImageClassifier) -> dict[str, float]:
@@ -71,7 +87,7 @@ def fit(
 
     data = TrainData(
         images_tensor(labeled.images),
-        torch.nn.functional.one_hot(torch.from_numpy(labeled.labels), NUM_CLASSES).float(),
+        torch.nn.functional.one_hot(torch.from_numpy(labeled.labels), num_classes).float(),
         unlabeled_images,
         unlabeled_targets,
     )
@@ -84,23 +100,47 @@ def fit(
         unlabeled_ratio,
         len(labeled),
         key_extra,
+        finetune_epochs,
     )
     timer = Timer()
+    # keyed by the run's params so concurrent queued experiments never share a file
+    checkpoints = project_root() / ".checkpoints"
     final, history = train_classifier(
         model,
         data,
         optim,
         noise,
         unlabeled_ratio=unlabeled_ratio,
+        labeled_in_batch=finetune_epochs == 0,
         device=device,
         seed=params.seed,
-        # keyed by the run's params so concurrent queued experiments never share a file
-        checkpoint_path=project_root() / ".checkpoints" / f"{name}-{key}.pt",
+        checkpoint_path=checkpoints / f"{name}-{key}.pt",
         checkpoint_key=key,
         eval_fn=eval_fn,
         on_epoch=on_epoch,
-        desc=name,
+        desc=name if not finetune_epochs else f"{name} pretrain",
     )
+    if finetune_epochs:
+        for record in history:
+            record["phase"] = 0.0
+        labeled_only = TrainData(data.labeled_images, data.labeled_targets)
+        final, tuned = train_classifier(
+            final,
+            labeled_only,
+            optim.model_copy(update={"epochs": finetune_epochs, "warmup_epochs": 0}),
+            noise,
+            device=device,
+            seed=params.seed + 1,
+            checkpoint_path=checkpoints / f"{name}-{key}-finetune.pt",
+            checkpoint_key=key,
+            eval_fn=eval_fn,
+            desc=f"{name} finetune",
+        )
+        offset = optim.epochs
+        for record in tuned:
+            record.update(epoch=record["epoch"] + offset, phase=1.0)
+            on_epoch(record)
+        history += tuned
     final = final.cpu().eval()
     n_params = sum(p.numel() for p in final.parameters())
     save_checkpoint(out, final, spec, {"name": name, "params": n_params, "epochs": optim.epochs})
@@ -121,7 +161,7 @@ def fit(
             "test_top5": last["test_top5"],
             "best_logged_test_top1": float(frame["test_top1"].max()),
             "final_train_loss": last["train_loss"],
-            "epochs": optim.epochs,
+            "epochs": optim.epochs + finetune_epochs,
             "parameters": int(n_params),
             "train_seconds": timer.seconds,
             **(extra_metrics or {}),

@@ -10,14 +10,15 @@ import torch
 import typer
 
 from noisy_student.data import load_imageset
-from noisy_student.models import load_classifier
-from noisy_student.pseudo_labels import targets_from_probs
+from noisy_student.models import ImageClassifier, check_student_size, count_parameters, load_classifier
+from noisy_student.pseudo_labels import selected_targets, targets_from_probs
 from stages._common import (
     METRICS_OPTION,
     PARAMS_OPTION,
     fail,
     friendly_errors,
     images_tensor,
+    log_model,
     params_or_exit,
     stage_run,
     torch_threads,
@@ -35,13 +36,13 @@ def main(
     params_file: Path = PARAMS_OPTION,
 ) -> None:
     """Train the student jointly on labeled and pseudo-labeled images with full noise."""
-    params = params_or_exit(params_file)
+    params = params_or_exit(params_file, iteration)
     torch_threads()
     sp = params.student
     with friendly_errors():
         labeled, test = load_imageset(data / "labeled.npz"), load_imageset(data / "test.npz")
         pool = load_imageset(data / "unlabeled.npz")
-        teacher_model, _, _ = load_classifier(teacher)
+        teacher_model, teacher_spec, _ = load_classifier(teacher)
         if not selected.is_file():
             raise FileNotFoundError(f"{selected}: selected pseudo labels not found (run `filter-balance` first)")
         table = pq.read_table(selected)
@@ -50,9 +51,8 @@ def main(
             f"{selected}: no pseudo-labeled image passed the filter (filter.confidence_threshold="
             f"{params.filter.confidence_threshold}); lower the threshold or train a better teacher"
         )
-    ids = table["id"].to_numpy()
-    copies = table["copies"].to_numpy()
-    probs = np.asarray(table["probs"].combine_chunks().flatten()).reshape(len(table), -1)
+    # (N,) ids, (N,) copies, (N, K) probs: the full distribution or dense targets from top-k columns
+    ids, copies, probs = selected_targets(table, teacher_spec.num_classes)
     pos = {int(i): n for n, i in enumerate(pool.ids)}
     missing = [int(i) for i in ids if int(i) not in pos]
     if missing:
@@ -60,7 +60,22 @@ def main(
     rows = np.repeat(np.array([pos[int(i)] for i in ids], dtype=np.int64), copies)
     targets = targets_from_probs(np.repeat(probs, copies, axis=0), params.pseudo_labels.mode)
     with stage_run("student", params, ("student", "noise", "pseudo_labels", "filter"), iteration):
-        teacher_params = sum(p.numel() for p in teacher_model.parameters())
+        teacher_params = count_parameters(teacher_model)
+
+        def prepare_model(model: ImageClassifier) -> None:
+            try:
+                check_student_size(count_parameters(model), teacher_params, sp.allow_smaller)
+            except ValueError as exc:
+                fail(f"{params_file}: {exc}")
+            if sp.init == "teacher":
+                try:
+                    model.load_state_dict(teacher_model.state_dict())
+                except RuntimeError as exc:
+                    fail(
+                        f"{params_file}: student.init: teacher needs the teacher's architecture "
+                        f"({teacher}): {str(exc).splitlines()[0]}"
+                    )
+
         student = fit(
             f"student-{iteration}",
             params,
@@ -71,6 +86,7 @@ def main(
             test,
             out,
             metrics,
+            teacher_spec.num_classes,
             unlabeled_images=images_tensor(pool.images[rows]),
             unlabeled_targets=torch.from_numpy(targets),
             unlabeled_ratio=sp.unlabeled_ratio,
@@ -79,16 +95,11 @@ def main(
                 "pseudo_labeled_unique": int(len(ids)),
                 "teacher_parameters": int(teacher_params),
             },
-            key_extra=(params.pseudo_labels.mode, int(copies.sum()), float(probs.sum())),
+            key_extra=(params.pseudo_labels.mode, int(copies.sum()), float(probs.sum()), sp.init, sp.allow_smaller),
+            prepare_model=prepare_model,
+            finetune_epochs=sp.finetune_epochs if sp.schedule == "pretrain_finetune" else 0,
         )
-        student_params = sum(p.numel() for p in student.parameters())
-        if student_params < teacher_params:
-            typer.secho(
-                f"warning: student has {student_params} parameters, fewer than the teacher's {teacher_params}; "
-                "the paper uses an equal-or-larger student",
-                fg=typer.colors.YELLOW,
-                err=True,
-            )
+        log_model(student, out, tuple(images_tensor(labeled.images[:1]).shape[1:]), params.tracking.registered_model)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import typer
 
 from noisy_student.data import load_imageset
 from stages._common import PARAMS_OPTION, friendly_errors, params_or_exit, stage_run, torch_threads
-from stages._fit import fit
+from stages._fit import class_count, fit
 
 
 def main(
@@ -33,6 +33,7 @@ def main(
             test,
             out,
             metrics,
+            class_count(data, labeled),
         )
 
 

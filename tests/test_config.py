@@ -46,7 +46,7 @@ def test_unknown_key_is_an_error() -> None:
 
 def test_iteration_must_be_labeled_by_an_earlier_model() -> None:
     raw = _raw()
-    raw["iterations"] = {"it1": "teacher", "it2": "it3"}
+    raw["iterations"] = {"it1": {"teacher": "teacher"}, "it2": {"teacher": "it3"}}
     with pytest.raises(ParamsError, match="it2.*it3"):
         parse_params(raw)
 
@@ -65,3 +65,38 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
     bad.write_text("noise: [1, 2\n")
     with pytest.raises(ParamsError, match="not valid YAML"):
         load_params(bad)
+
+
+def test_iteration_overrides_merge_into_their_sections_only() -> None:
+    raw = _raw()
+    raw["iterations"] = {
+        "it1": {"teacher": "teacher"},
+        "it2": {
+            "teacher": "it1",
+            "student": {"unlabeled_ratio": 7, "model": {"arch": "resnet26d"}, "optim": {"epochs": 3}},
+            "noise": {"randaugment_magnitude": 12},
+        },
+    }
+    params = parse_params(raw)
+    it1, it2 = params.for_iteration("it1"), params.for_iteration("it2")
+    assert it1.student == params.student and it1.noise == params.noise
+    assert it2.student.unlabeled_ratio == 7 and it2.student.model.arch == "resnet26d"
+    assert it2.student.optim.epochs == 3
+    # untouched keys of an overridden section keep the defaults (deep merge)
+    assert it2.student.model.kwargs == params.student.model.kwargs
+    assert it2.student.optim.lr == params.student.optim.lr
+    assert it2.noise.randaugment_magnitude == 12 and it2.noise.dropout == params.noise.dropout
+    assert params.student.unlabeled_ratio == 5, "the top-level section is unchanged"
+
+
+def test_bad_iteration_override_names_the_iteration_key() -> None:
+    raw = _raw()
+    raw["iterations"] = {"it1": {"teacher": "teacher", "student": {"unlabeled_ratio": 0}}}
+    with pytest.raises(ParamsError, match=r"iterations\.it1\.student\.unlabeled_ratio.*0"):
+        parse_params(raw)
+    raw["iterations"] = {"it1": {"teacher": "teacher", "noise": {"dropuot": 0.1}}}
+    with pytest.raises(ParamsError, match=r"unknown key 'iterations\.it1\.noise\.dropuot'"):
+        parse_params(raw)
+    raw["iterations"] = {"it1": {"teacher": "teacher", "optim": {}}}
+    with pytest.raises(ParamsError, match=r"unknown key 'iterations\.it1\.optim'"):
+        parse_params(raw)

@@ -27,7 +27,8 @@ def _md5(entries: list[dict], path: str) -> str:
 def test_second_iteration_is_labeled_by_the_first_student(micro_project: Path) -> None:
     repo = micro_project
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["iterations"] = {"it1": "teacher", "it2": "it1"}
+    # iteration 2 overrides its student's batch ratio, as the paper's later iterations do
+    params["iterations"] = {"it1": {"teacher": "teacher"}, "it2": {"teacher": "it1", "student": {"unlabeled_ratio": 3}}}
     params["evaluate"] = ["teacher", "it1", "it2"]
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = run(DVC + ["repro"], repo).stdout
@@ -38,6 +39,14 @@ def test_second_iteration_is_labeled_by_the_first_student(micro_project: Path) -
     assert _md5(lock["predict@it2"]["deps"], "models/it1.pt") == it1_student
     assert _md5(lock["student@it2"]["deps"], "models/it1.pt") == it1_student
     assert _md5(lock["predict@it1"]["deps"], "models/teacher.pt") == _md5(lock["teacher"]["outs"], "models/teacher.pt")
+    assert lock["student@it2"]["params"]["params.yaml"]["iterations.it2"]["student"] == {"unlabeled_ratio": 3}
+
+    # changing iteration 2's override makes only iteration 2's stages (and their evaluations) stale
+    params["iterations"]["it2"]["student"]["unlabeled_ratio"] = 4
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    stale = {line.rstrip(":") for line in run(DVC + ["status"], repo).stdout.splitlines() if line.endswith(":")}
+    assert {"predict@it2", "student@it2", "eval@it2"} <= stale, stale
+    assert not stale & {"teacher", "predict@it1", "student@it1", "eval@it1", "eval@teacher"}, stale
 
 
 @pytest.mark.slow

@@ -5,9 +5,17 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from timm.layers import DropPath
 
 from noisy_student.config import ModelParams
-from noisy_student.models import create_classifier, load_classifier, save_checkpoint
+from noisy_student.models import (
+    check_student_size,
+    create_classifier,
+    load_classifier,
+    model_noise_off,
+    model_noise_on,
+    save_checkpoint,
+)
 
 MEAN, STD = (0.3,), (0.35,)
 
@@ -63,3 +71,55 @@ def test_pretrained_weights_from_a_local_file(tmp_path: Path) -> None:
     assert model.net.get_classifier().out_features == 10  # head re-initialised for 10 classes
     with pytest.raises(FileNotFoundError, match="pretrained_file"):
         create_classifier(ModelParams(arch="test_resnet", pretrained_file=str(tmp_path / "no.pth")), 10, 3, MEAN, STD)
+
+
+@pytest.mark.parametrize("arch", ["resnet18d", "efficientnet_b0"])
+def test_stochastic_depth_decays_linearly_to_the_last_block(arch: str) -> None:
+    # paper: survival probability 0.8 at the last block, decaying linearly from 1 at the input
+    model, _ = create_classifier(ModelParams(arch=arch), 10, 1, MEAN, STD, drop_path_rate=0.2)
+    probs = [0.0, *(m.drop_prob for m in model.modules() if isinstance(m, DropPath))]  # block 0: rate 0, no module
+    n = len(probs)
+    assert n > 4
+    # ResNet: rate * i / (n - 1), the last block gets exactly 0.2. EfficientNet follows the TF reference
+    # (rate * i / n), the rule of the paper's own code: the last of 16 blocks gets 0.2 * 15/16.
+    denom = n - 1 if arch.startswith("resnet") else n
+    assert probs == pytest.approx([0.2 * i / denom for i in range(n)], abs=1e-6)
+
+
+def test_model_noise_off_zeroes_dropout_and_drop_path_then_restores() -> None:
+    model, _ = create_classifier(ModelParams(arch="resnet18d"), 10, 1, MEAN, STD, drop_rate=0.5, drop_path_rate=0.2)
+    model.train()
+    x = torch.rand(4, 1, 28, 28)
+    with model_noise_off(model):
+        assert model.net.drop_rate == 0.0
+        assert all(m.drop_prob == 0.0 for m in model.modules() if isinstance(m, DropPath))
+        with torch.no_grad():
+            a, b = model(x), model(x)  # train-mode BN, no randomness left
+        torch.testing.assert_close(a, b)
+    assert model.net.drop_rate == 0.5
+    assert max(m.drop_prob for m in model.modules() if isinstance(m, DropPath)) == pytest.approx(0.2)
+
+
+def test_noised_teacher_mode_is_random_but_keeps_batch_norm_in_eval() -> None:
+    model, _ = create_classifier(ModelParams(arch="resnet18d"), 10, 1, MEAN, STD, drop_rate=0.5, drop_path_rate=0.2)
+    model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad(), model_noise_on(model):
+        bn = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        assert not any(m.training for m in bn)
+        a, b = model(x), model(x)
+    assert not torch.allclose(a, b), "dropout / stochastic depth should make two passes differ"
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, before[k], msg=k)  # running statistics untouched
+    assert not any(m.training for m in model.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model(x))
+
+
+def test_smaller_student_is_refused_unless_distillation_is_asked_for() -> None:
+    check_student_size(100, 100, allow_smaller=False)
+    check_student_size(200, 100, allow_smaller=False)
+    check_student_size(50, 100, allow_smaller=True)
+    with pytest.raises(ValueError, match=r"allow_smaller"):
+        check_student_size(50, 100, allow_smaller=False)

@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 
 import mlflow
+import mlflow.pytorch
 import pytest
+import torch
 
 from tests.conftest import run
 
@@ -58,6 +60,14 @@ def test_repro_exp_run_and_push(micro_project: Path) -> None:
     assert student.data.params["noise.randaugment_magnitude"] == "9"
     assert "test_top1" in student.data.metrics and "train_loss" in student.data.metrics
     assert student.data.tags["stage"] == "student"
+    # the trained student is an MLflow model that loads and classifies a batch of any size
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    logged = client.search_logged_models([student.info.experiment_id])
+    model = next(m for m in logged if m.source_run_id == student.info.run_id)
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    net = mlflow.pytorch.load_model(model.model_uri)
+    assert net(torch.rand(3, 1, 28, 28)).shape == (3, 10)
+    assert "checkpoint" in {a.path for a in client.list_artifacts(student.info.run_id)}
 
     # nothing changed: nothing reruns
     assert "Stage 'teacher' didn't change" in run(DVC + ["repro"], repo).stdout

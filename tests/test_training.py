@@ -7,7 +7,7 @@ import torch
 
 from noisy_student.config import ModelParams, NoiseParams, OptimParams
 from noisy_student.models import create_classifier
-from noisy_student.training import TrainData, one_hot, seed_everything, train_classifier
+from noisy_student.training import TrainData, joint_loss, one_hot, seed_everything, train_classifier
 
 NOISE = NoiseParams(randaugment_num_ops=1, randaugment_magnitude=5, dropout=0.1, stochastic_depth=0.1)
 
@@ -30,14 +30,16 @@ def _model() -> torch.nn.Module:
     return model
 
 
-def _train(path: Path | None, epochs: int = 4, on_epoch=None):  # noqa: ANN001, ANN202
-    optim = OptimParams(epochs=epochs, batch_size=16, lr=0.05, warmup_epochs=0, eval_every=2)
+def _train(path: Path | None, epochs: int = 4, on_epoch=None, noise=NOISE, **kwargs):  # noqa: ANN001, ANN202
+    # 4 updates per epoch; a checkpoint every 3 lands mid-epoch
+    optim = OptimParams(epochs=epochs, batch_size=16, lr=0.05, warmup_epochs=0, eval_every=2, checkpoint_steps=3)
     return train_classifier(
         _model(),
         _data(),
         optim,
-        NOISE,
+        noise,
         unlabeled_ratio=2,
+        **kwargs,
         device=torch.device("cpu"),
         seed=0,
         checkpoint_path=path,
@@ -75,10 +77,77 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
 
     with pytest.raises(_Killed):
         _train(ckpt, epochs=4, on_epoch=die_after_two)
-    assert not ckpt.exists() or torch.load(ckpt, weights_only=False)["epoch"] == 1
-    # the callback raised before epoch 2's checkpoint: state of epoch 1 remains
+    # killed after update 8; the last checkpoint is update 6 = epoch 2, step 3 of 4 (mid-epoch)
+    state = torch.load(ckpt, weights_only=False)
+    assert (state["epoch"], state["step"]) == (1, 2)
     resumed, hist = _train(ckpt, epochs=4)
     assert [h["epoch"] for h in hist] == [1, 2, 3, 4]
     for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, msg=k)
-    assert hist[-1]["train_loss"] == pytest.approx(full_hist[-1]["train_loss"])
+    # the partial epoch's loss was carried over, so even the resumed epoch's record matches
+    for a, b in zip(full_hist, hist, strict=True):
+        assert a == pytest.approx(b)
+
+
+def test_joint_loss_soft_targets_by_hand() -> None:
+    logits = torch.log(torch.tensor([[0.5, 0.25, 0.25]]))  # softmax = (0.5, 0.25, 0.25)
+    target = torch.tensor([[0.2, 0.8, 0.0]])
+    expected = -(0.2 * torch.log(torch.tensor(0.5)) + 0.8 * torch.log(torch.tensor(0.25)))
+    torch.testing.assert_close(joint_loss(logits, target), expected)
+
+
+def test_joint_loss_hard_targets_equal_cross_entropy() -> None:
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(5, 4, generator=g)
+    labels = torch.tensor([0, 3, 1, 1, 2])
+    hard = torch.nn.functional.one_hot(labels, 4).float()
+    torch.testing.assert_close(joint_loss(logits, hard), torch.nn.functional.cross_entropy(logits, labels))
+
+
+def test_joint_loss_weighs_every_image_equally() -> None:
+    # 1 labeled image, 3 pseudo-labeled ones: the loss is (CE_l + 3 CE_u) / 4, not the mean of the two means
+    lab, lab_t = torch.zeros(1, 4), torch.tensor([[0.0, 1.0, 0.0, 0.0]])
+    unl, unl_t = torch.tensor([[9.0, 0.0, 0.0, 0.0]] * 3), torch.tensor([[1.0, 0.0, 0.0, 0.0]] * 3)
+    ce_l = torch.nn.functional.cross_entropy(lab, torch.tensor([1]))  # ln 4
+    ce_u = torch.nn.functional.cross_entropy(unl, torch.zeros(3, dtype=torch.long))
+    got = joint_loss(lab, lab_t, unl, unl_t)
+    torch.testing.assert_close(got, (ce_l + 3 * ce_u) / 4)
+    assert not torch.isclose(got, (ce_l + ce_u) / 2)
+
+
+def test_unlabeled_noise_switches_change_training_but_not_the_default() -> None:
+    base, _ = _train(None, epochs=1)
+    again, _ = _train(None, epochs=1)
+    no_aug, _ = _train(None, epochs=1, noise=NOISE.model_copy(update={"unlabeled_augment": False}))
+    no_noise, hist = _train(
+        None, epochs=1, noise=NOISE.model_copy(update={"unlabeled_augment": False, "unlabeled_model_noise": False})
+    )
+    w = "net.fc.weight"
+    torch.testing.assert_close(base.state_dict()[w], again.state_dict()[w])
+    assert not torch.equal(base.state_dict()[w], no_aug.state_dict()[w])
+    assert not torch.equal(no_aug.state_dict()[w], no_noise.state_dict()[w])
+    assert hist[0]["train_loss"] > 0
+
+
+def test_pretraining_phase_uses_only_pseudo_labels() -> None:
+    # unlabeled targets say "class 0" for everything: a pseudo-label-only run must learn that
+    data = _data()
+    data.unlabeled_targets = torch.tensor([[1.0, 0.0]]).repeat(len(data.unlabeled_images), 1)
+    optim = OptimParams(epochs=6, batch_size=16, lr=0.05, warmup_epochs=0, eval_every=6)
+    model, _ = train_classifier(
+        _model(), data, optim, NOISE, unlabeled_ratio=2, labeled_in_batch=False, device=torch.device("cpu"), seed=0
+    )
+    model.eval()
+    with torch.no_grad():
+        pred = model(data.labeled_images.float() / 255).argmax(1)
+    assert (pred == 0).float().mean() > 0.9
+    with pytest.raises(ValueError, match="pseudo-labeled"):
+        train_classifier(
+            _model(),
+            TrainData(data.labeled_images, data.labeled_targets),
+            optim,
+            NOISE,
+            labeled_in_batch=False,
+            device=torch.device("cpu"),
+            seed=0,
+        )

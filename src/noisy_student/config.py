@@ -20,7 +20,12 @@ class _Section(BaseModel):
 
 
 class DataParams(_Section):
-    """Where the images come from and how they are split."""
+    """Where the images come from and how they are split.
+
+    ``source: fashion_mnist`` reads the IDX release and uses the keys up to
+    ``ood_sources``; ``source: folders`` reads the user's ImageNet-style folders
+    and uses ``labeled_dir`` .. ``max_unlabeled`` (the other group is ignored).
+    """
 
     fashion_mnist_dir: str = "/usr/share/datasets/fashion-mnist"
     labeled_per_class: int = Field(100, ge=1, le=6000)
@@ -29,6 +34,40 @@ class DataParams(_Section):
     test_size: int | None = Field(None, ge=1)
     ood_images: int = Field(5000, ge=0)
     ood_sources: tuple[Literal["digits", "photos"], ...] = ("digits", "photos")
+    source: Literal["fashion_mnist", "folders"] = "fashion_mnist"
+    # <dir>/<class>/<image>: every image is labeled; sorted class folder names = class indices
+    labeled_dir: str | None = None
+    # any image files, searched recursively; subfolder names are not labels
+    unlabeled_dir: str | None = None
+    # same layout as labeled_dir; its classes must all exist in labeled_dir
+    test_dir: str | None = None
+    # square side: shorter side resized to it, then centre-cropped
+    image_size: int = Field(32, ge=8, le=1024)
+    # 1: greyscale (N, H, W) images; 3: RGB (N, H, W, 3)
+    channels: Literal[1, 3] = 3
+    # seeded uniform subsample of the unlabeled files before decoding; None: all
+    max_unlabeled: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _folders_complete(self) -> DataParams:
+        # Imported here so this check stays inside the class; a ValidationError raised with a
+        # field location makes load_params name e.g. 'data.labeled_dir' instead of the whole section.
+        from pydantic_core import InitErrorDetails, PydanticCustomError
+
+        folder_keys = ("labeled_dir", "unlabeled_dir", "test_dir")
+        if self.source == "folders":
+            bad = [k for k in folder_keys if not getattr(self, k)]
+            why = "a folder path, required when data.source is 'folders'"
+        else:
+            bad = [k for k in (*folder_keys, "max_unlabeled") if getattr(self, k) is not None]
+            why = "null while data.source is 'fashion_mnist' (set data.source: folders to read your own images)"
+        if bad:
+            details = [
+                InitErrorDetails(type=PydanticCustomError("data_source", why), loc=(key,), input=getattr(self, key))
+                for key in bad
+            ]
+            raise ValidationError.from_exception_data(type(self).__name__, details)
+        return self
 
 
 class NoiseParams(_Section):
@@ -41,10 +80,18 @@ class NoiseParams(_Section):
     randaugment_num_ops: int = Field(2, ge=0, le=14)
     # torchvision's scale: 0..30, the paper's RandAugment magnitude scale.
     randaugment_magnitude: int = Field(9, ge=0, le=30)
+    # 'per_image': torchvision's RandAugment called image by image; 'batched': the same
+    # per-image draws applied with one call per (op, sign) group (faster, same distribution,
+    # a different random stream, so results differ from 'per_image' run for run)
+    randaugment_impl: Literal["per_image", "batched"] = "per_image"
     crop_padding: int = Field(2, ge=0)
     hflip: bool = True
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
     stochastic_depth: float = Field(0.2, ge=0.0, lt=1.0)
+    # Table 6 ablations (student only): switch the noise off for the pseudo-labeled
+    # images while the labeled images keep it.
+    unlabeled_augment: bool = True  # crop + flip + RandAugment on pseudo-labeled images
+    unlabeled_model_noise: bool = True  # dropout + stochastic depth in their forward pass
 
 
 class ModelParams(_Section):
@@ -76,7 +123,10 @@ class OptimParams(_Section):
     ema_decay: float = Field(0.0, ge=0, lt=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     eval_every: int = Field(5, ge=1)
-    checkpoint_every: int = Field(1, ge=1)
+    # optimizer updates between resumable checkpoints (written atomically)
+    checkpoint_steps: int = Field(200, ge=1)
+    # torch.compile the model (CUDA mainly; off by default: compile time dominates small runs)
+    compile: bool = False
 
 
 class TeacherParams(_Section):
@@ -88,8 +138,14 @@ class TeacherParams(_Section):
 class PseudoLabelParams(_Section):
     mode: Literal["soft", "hard"] = "soft"
     temperature: float = Field(1.0, gt=0)
+    # Table 6 ablation: label with the teacher's training noise on (RandAugment input,
+    # dropout, stochastic depth). The paper's method keeps the teacher un-noised.
+    noised_teacher: bool = False
     batch_size: int = Field(512, ge=1)
     shard_size: int = Field(20000, ge=1)
+    # store only the k largest probabilities (+ their classes) per image; the student
+    # renormalises them to dense targets. null = the full distribution (paper's code).
+    top_k: int | None = Field(None, ge=1)
 
 
 class FilterParams(_Section):
@@ -104,6 +160,16 @@ class StudentParams(_Section):
     optim: OptimParams = OptimParams()
     # unlabeled images per labeled image in every batch (paper: 1:1 .. 28:1).
     unlabeled_ratio: int = Field(3, ge=1)
+    # 'joint' (the paper's method) or Table 13's 'pretrain_finetune': the same number of
+    # steps on pseudo-labeled images only, then `finetune_epochs` on the labeled images.
+    schedule: Literal["joint", "pretrain_finetune"] = "joint"
+    finetune_epochs: int = Field(10, ge=1)
+    # Table 15: 'scratch' (the paper's default) or warm-start from the teacher's weights
+    # (needs the teacher's architecture).
+    init: Literal["scratch", "teacher"] = "scratch"
+    # A student smaller than its teacher is knowledge distillation, not Noisy Student:
+    # refused unless asked for explicitly.
+    allow_smaller: bool = False
 
 
 class EvalParams(_Section):
@@ -124,10 +190,51 @@ class RobustnessParams(_Section):
     pgd_steps: int = Field(10, ge=1)
     attack_images: int = Field(1000, ge=1)
     batch_size: int = Field(500, ge=1)
+    # The released benchmarks, read unchanged when set (None: the embedded Fashion-MNIST-A/-C/-P sets).
+    # ImageNet-A: <dir>/<wnid>/<image>.jpg; ImageNet-C: <dir>/<corruption>/<severity>/<wnid>/<image>;
+    # ImageNet-P: <dir>/<perturbation>/<wnid>/<name>.mp4 (needs PyAV) or <name>/<frame>.png folders.
+    imagenet_a_dir: str | None = None
+    imagenet_c_dir: str | None = None
+    imagenet_p_dir: str | None = None
+    # the model's class ids (wnids) in logit order: JSON list, JSON {index: [wnid, name]} or text, one per
+    # line. Required for ImageNet-A; for C/P None means the sorted wnid folders (the usual ImageNet order).
+    class_index_file: str | None = None
+    # side of the square input the release images are resized to; None: 224, the releases' own size
+    image_size: int | None = Field(None, ge=8)
+    # resize the shorter side to image_size / crop_fraction, then centre-crop (0.875 = Resize 256 +
+    # CenterCrop 224, usual for ImageNet-A); None: resize straight to image_size
+    crop_fraction: float | None = Field(None, gt=0.0, le=1.0)
+    # read only the first k images (C, A) or sequences (P) of every class folder; None: all
+    release_max_per_class: int | None = Field(None, ge=1)
+    # clean ImageNet validation folder <dir>/<wnid>/<image>: the clean error for ImageNet-C's relative mCE
+    imagenet_val_dir: str | None = None
+    # JSON {"p_flip_probability": {p: FP}, "p_top5_distance": {p: T5D}} of the baseline (AlexNet) on the
+    # released ImageNet-P, for mFR / mT5D; None: raw flip probabilities and top-5 distances only
+    p_baseline_file: str | None = None
+
+
+class IterationParams(_Section):
+    """One self-training iteration: who labels for it, and what it changes.
+
+    The override mappings are deep-merged into the top-level sections of the
+    same name for this iteration only (e.g. a bigger student or a larger
+    unlabeled ratio in iteration 2, as in the paper's Table 7).
+    """
+
+    teacher: str
+    student: dict[str, Any] = Field(default_factory=dict)
+    noise: dict[str, Any] = Field(default_factory=dict)
+    pseudo_labels: dict[str, Any] = Field(default_factory=dict)
+    filter: dict[str, Any] = Field(default_factory=dict)
+
+
+OVERRIDABLE = ("student", "noise", "pseudo_labels", "filter")
 
 
 class TrackingParams(_Section):
     experiment: str = "noisy-student"
+    # every student is logged as an MLflow model; with a name it is also registered
+    registered_model: str | None = None
 
 
 class Params(_Section):
@@ -142,16 +249,19 @@ class Params(_Section):
     eval: EvalParams = EvalParams()
     robustness: RobustnessParams = RobustnessParams()
     tracking: TrackingParams = TrackingParams()
-    # Iterations: name -> the model that labels for it ("teacher" or a previous
-    # iteration's name). Order of the mapping is the order of training.
-    iterations: dict[str, str] = Field(default_factory=lambda: {"it1": "teacher"})
+    # Iterations: name -> {teacher: the model that labels for it ("teacher" or an
+    # earlier iteration), overrides...}. Order of the mapping is the order of training.
+    iterations: dict[str, IterationParams] = Field(
+        default_factory=lambda: {"it1": IterationParams(teacher="teacher")}
+    )
     # Models to evaluate ("teacher" and/or iteration names); dvc.yaml unrolls over it.
     evaluate: tuple[str, ...] = ("teacher", "it1")
 
     @model_validator(mode="after")
     def _iterations_chain(self) -> Params:
         seen = {"teacher"}
-        for name, teacher in self.iterations.items():
+        for name, it in self.iterations.items():
+            teacher = it.teacher
             if teacher not in seen:
                 raise ValueError(
                     f"iterations.{name}: teacher '{teacher}' must be 'teacher' or an earlier iteration ({sorted(seen)})"
@@ -161,6 +271,29 @@ class Params(_Section):
             if name not in seen:
                 raise ValueError(f"evaluate: '{name}' is not a model of this pipeline ({sorted(seen)})")
         return self
+
+    def for_iteration(self, name: str) -> Params:
+        """These params with iteration ``name``'s overrides merged into its sections."""
+        if name not in self.iterations:
+            raise KeyError(f"iterations: no iteration '{name}' (have {list(self.iterations)})")
+        return Params.model_validate(_merged(self.model_dump(), self.iterations[name]))
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _merged(raw: dict[str, Any], it: IterationParams) -> dict[str, Any]:
+    merged = dict(raw)
+    for section in OVERRIDABLE:
+        merged[section] = _deep_merge(raw.get(section) or {}, getattr(it, section))
+    return merged
 
 
 class ParamsError(ValueError):
@@ -179,10 +312,23 @@ def _describe(err: dict[str, Any]) -> str:
 def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
     """Validate a parsed mapping; raise :class:`ParamsError` listing every bad key."""
     try:
-        return Params.model_validate(raw or {})
+        params = Params.model_validate(raw or {})
     except ValidationError as exc:
         lines = [_describe(e) for e in exc.errors()]
         raise ParamsError(f"{source}: invalid parameters:\n  - " + "\n  - ".join(lines)) from None
+    # every iteration's overrides are validated up front, named by their own key
+    lines = []
+    for name in params.iterations:
+        try:
+            params.for_iteration(name)
+        except ValidationError as exc:
+            for e in exc.errors():
+                section = str(e["loc"][0]) if e["loc"] else ""
+                prefix = ("iterations", name) if section in OVERRIDABLE else ()
+                lines.append(_describe({**e, "loc": (*prefix, *e["loc"])}))
+    if lines:
+        raise ParamsError(f"{source}: invalid parameters:\n  - " + "\n  - ".join(lines))
+    return params
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from contextlib import nullcontext
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+
+from noisy_student.models import model_noise_on
 
 
 def topk_accuracy(logits: np.ndarray, labels: np.ndarray, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
@@ -36,17 +39,28 @@ def predict_logits(
     device: torch.device,
     desc: str = "predict",
     progress: bool = True,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    model_noise: bool = False,
 ) -> np.ndarray:
-    """Logits ``(N, K)`` float32 for uint8 images ``(N, C, H, W)``, model in eval mode, no augmentation."""
+    """Logits ``(N, K)`` float32 for uint8 images ``(N, C, H, W)``.
+
+    By default the model is in eval mode and sees clean images (the paper's
+    un-noised teacher). ``augment`` (uint8 batch -> uint8 batch) and
+    ``model_noise`` (dropout + stochastic depth on, batch norm still in eval
+    mode) give the *noised* teacher of the Table 6 ablation.
+    """
     was_training = model.training
     model.eval()
     outs = []
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    with autocast:
+    with autocast, model_noise_on(model) if model_noise else nullcontext():
         batches = range(0, len(images), batch_size)
         interval = 0.2 if sys.stderr.isatty() else 5.0  # logs get a line every few seconds
         for start in tqdm(batches, desc=desc, unit="batch", disable=not progress, mininterval=interval):
-            x = images[start : start + batch_size].to(device, non_blocking=True).float().div_(255)
+            batch = images[start : start + batch_size].to(device, non_blocking=True)
+            if augment is not None:
+                batch = augment(batch)
+            x = batch.float().div_(255)
             outs.append(model(x).float().cpu())
     model.train(was_training)
     return torch.cat(outs).numpy() if outs else np.zeros((0, 0), np.float32)

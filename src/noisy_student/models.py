@@ -6,12 +6,15 @@ any stage can rebuild the exact network from the file alone.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import timm
 import torch
+from timm.layers import DropPath
 from torch import nn
 
 from noisy_student.config import ModelParams
@@ -113,6 +116,70 @@ def create_classifier(
     return ImageClassifier(net, mean, std), spec
 
 
+def _noise_modules(model: nn.Module) -> Iterator[tuple[nn.Module, str]]:
+    """(module, attribute) pairs holding a drop probability: dropout layers, DropPath, timm heads' drop_rate."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            yield module, "p"
+        elif isinstance(module, DropPath):
+            yield module, "drop_prob"
+        elif isinstance(getattr(module, "drop_rate", None), float | int):
+            yield module, "drop_rate"
+
+
+@contextmanager
+def model_noise_off(model: nn.Module) -> Iterator[nn.Module]:
+    """Zero dropout and stochastic depth inside the block, keeping train-mode batch norm.
+
+    Used for the Table 6 ablation that removes model noise for pseudo-labeled
+    images only: their forward pass runs here, the labeled one outside.
+    """
+    saved = [(m, attr, getattr(m, attr)) for m, attr in _noise_modules(model)]
+    try:
+        for m, attr, _ in saved:
+            setattr(m, attr, 0.0)
+        yield model
+    finally:
+        for m, attr, value in saved:
+            setattr(m, attr, value)
+
+
+@contextmanager
+def model_noise_on(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval-mode batch norm, but dropout and stochastic depth active (a *noised* teacher, Table 6).
+
+    Only the modules that own a drop probability are switched to training
+    mode (non-recursively), so batch-norm statistics are neither used from the
+    batch nor updated.
+    """
+    was_training = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        for m, _ in _noise_modules(model):
+            m.training = True
+        yield model
+    finally:
+        for m, flag in was_training.items():
+            m.training = flag
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def check_student_size(student: int, teacher: int, allow_smaller: bool) -> None:
+    """Refuse a student with fewer parameters than its teacher unless distillation is asked for.
+
+    The paper's student is equal-or-larger; a smaller one is knowledge distillation.
+    """
+    if student < teacher and not allow_smaller:
+        raise ValueError(
+            f"student.model has {student:,} parameters, fewer than the teacher's {teacher:,}; Noisy Student "
+            "needs an equal-or-larger student. Set student.allow_smaller: true to train a smaller one anyway "
+            "(knowledge distillation)."
+        )
+
+
 def save_checkpoint(path: str | Path, model: ImageClassifier, spec: ModelSpec, meta: dict[str, Any]) -> None:
     """Write weights + spec + metadata atomically."""
     state = {
@@ -126,9 +193,15 @@ def save_checkpoint(path: str | Path, model: ImageClassifier, spec: ModelSpec, m
 
 
 def load_classifier(
-    path: str | Path, map_location: str | torch.device = "cpu"
+    path: str | Path,
+    map_location: str | torch.device = "cpu",
+    drop_rate: float = 0.0,
+    drop_path_rate: float = 0.0,
 ) -> tuple[ImageClassifier, ModelSpec, dict[str, Any]]:
-    """Rebuild a classifier from a checkpoint written by :func:`save_checkpoint` (eval mode)."""
+    """Rebuild a classifier from a checkpoint written by :func:`save_checkpoint` (eval mode).
+
+    The drop rates only matter in training mode or under :func:`model_noise_on`.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: model checkpoint not found (train it first: dvc repro)")
@@ -143,6 +216,8 @@ def load_classifier(
         spec.in_chans,
         spec.mean,
         spec.std,
+        drop_rate=drop_rate,
+        drop_path_rate=drop_path_rate,
     )
     model.load_state_dict(state["state_dict"])
     model.eval()
