@@ -108,7 +108,8 @@ def mlflow_runs(uri: str, experiment: str) -> pd.DataFrame:
                     "dvc_exp": r.data.tags.get("dvc_exp", BASELINE),
                     "start_time": r.info.start_time,
                     "params_hash": r.data.tags.get("params_hash"),
-                    "top1": r.data.metrics.get("top1", float("nan")),
+                    # eval runs log top1; training runs their last epoch's test_top1 (the fallback)
+                    "top1": r.data.metrics.get("top1", r.data.metrics.get("test_top1", float("nan"))),
                     "params": dict(r.data.params),
                 }
             )
@@ -242,7 +243,11 @@ def main(
     summary = summary_table(model_metrics(metrics, models), eps, experiment)
     iterations = iteration_table(iteration_inputs(metrics, params), experiment)
     runs = mlflow_runs(tracking_uri(), params.tracking.experiment) if mlflow_history else pd.DataFrame()
-    ablations = ablation_table(runs, baseline)
+    # the baseline is this workspace: current params, committed metrics (older runs under its name aside)
+    is_workspace = baseline == BASELINE
+    defaults = {k: str(v) for k, v in flatten(params.model_dump(mode="json")).items()} if is_workspace else None
+    workspace_top1 = dict(zip(summary["model"], summary["clean top-1 %"] / 100, strict=True)) if is_workspace else None
+    ablations = ablation_table(runs, baseline, defaults, workspace_top1)
 
     plots = plots or out.parent
     # both PNGs are always written (DVC declares them as outputs), empty axes when there is nothing to show

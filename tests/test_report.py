@@ -143,6 +143,33 @@ def test_ablation_table_other_baseline_and_empty_history() -> None:
     assert empty.empty and "student top-1 %" in empty.columns
 
 
+def test_ablation_baseline_is_the_workspace_and_stopped_runs_still_count() -> None:
+    history = pd.concat(
+        [
+            _history(),
+            pd.DataFrame(
+                [
+                    # stopped after training (no eval run): its student's last test accuracy stands in
+                    _run("no-aug", "student@it1", 20, 0.86, **BASE_PARAMS, noise__unlabeled_augment=False),
+                    # a param added after the baseline ran, at its default value: not a change
+                    _run("newer", "student@it1", 21, 0.82, **BASE_PARAMS, noise__unlabeled_augment=True),
+                ]
+            ),
+        ]
+    )
+    defaults = {"pseudo_labels.mode": "soft", "noise.randaugment_magnitude": "9", "noise.unlabeled_augment": "True"}
+    table = ablation_table(history, defaults=defaults, baseline_top1={"teacher": 0.85, "it1": 0.851}).set_index(
+        "experiment"
+    )
+    # the committed workspace results, not the older runs stored under the same name
+    assert table.loc["workspace", "student top-1 %"] == pytest.approx(85.1)
+    assert table.loc["workspace", "teacher top-1 %"] == pytest.approx(85.0)
+    assert table.loc["no-aug", "student top-1 %"] == pytest.approx(86.0)
+    assert table.loc["no-aug", "changed params"] == "noise.unlabeled_augment=False"
+    assert table.loc["no-aug", "gain (points)"] == pytest.approx(1.0)
+    assert table.loc["newer", "changed params"] == ""
+
+
 def test_small_helpers() -> None:
     assert param_diff({"a": "1", "b": "2", "c": "3"}, {"a": "1", "b": "3"}) == "b=2, c=3"
     assert sorted(["it10", "it2", "it1"], key=natural_key) == ["it1", "it2", "it10"]

@@ -114,24 +114,42 @@ def _merged_params(runs: pd.DataFrame) -> dict[str, str]:
 
 
 def _eval_top1(runs: pd.DataFrame, model: str) -> float:
-    hit = _latest_per_name(runs[runs["run_name"] == f"eval@{model}"])
-    return _num(hit["top1"].iloc[-1]) if len(hit) else NAN
+    """The model's clean top-1 from its ``eval@`` run, else from its training run's final test accuracy.
+
+    The fallback keeps experiments whose run stopped after training (or that targeted only the student)
+    in the table: the training stages evaluate the same test set at their last epoch.
+    """
+    for name in (f"eval@{model}", "teacher" if model == "teacher" else f"student@{model}"):
+        hit = _latest_per_name(runs[runs["run_name"] == name])
+        if len(hit) and not _isnan(_num(hit["top1"].iloc[-1])):
+            return _num(hit["top1"].iloc[-1])
+    return NAN
 
 
 def _last_student(runs: pd.DataFrame) -> str | None:
     """The latest iteration evaluated in the group (it2 over it1): the one an ablation is about."""
-    names = [n.removeprefix("eval@") for n in runs["run_name"] if str(n).startswith("eval@")]
+    names = [str(n).split("@", 1)[1] for n in runs["run_name"] if str(n).startswith(("eval@", "student@"))]
     students = sorted({n for n in names if n != "teacher"}, key=natural_key)
     return students[-1] if students else None
 
 
-def param_diff(params: dict[str, str], baseline: dict[str, str]) -> str:
-    """``key=value`` for every param that differs from the baseline's (keys the baseline never logged too)."""
-    changed = [f"{k}={v}" for k, v in sorted(params.items()) if baseline.get(k) != v]
+def param_diff(params: dict[str, str], baseline: dict[str, str], defaults: dict[str, str] | None = None) -> str:
+    """``key=value`` for every param that differs from the baseline's.
+
+    A key the baseline never logged is compared with ``defaults`` (the current params) when given, so
+    a param added after the baseline ran does not show up as a change at its default value.
+    """
+    defaults = defaults or {}
+    changed = [f"{k}={v}" for k, v in sorted(params.items()) if baseline.get(k, defaults.get(k)) != v]
     return ", ".join(changed)
 
 
-def ablation_table(runs: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFrame:
+def ablation_table(
+    runs: pd.DataFrame,
+    baseline: str = BASELINE,
+    defaults: dict[str, str] | None = None,
+    baseline_top1: dict[str, float] | None = None,
+) -> pd.DataFrame:
     """Table 6 style: every experiment group in the run history against the baseline.
 
     ``runs``: one row per MLflow run with columns ``dvc_exp`` (group), ``run_name`` (``eval@it1``,
@@ -141,6 +159,10 @@ def ablation_table(runs: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFrame
     A DVC experiment reruns only the stages its change reaches, so its group often has no ``eval@teacher``
     run: the teacher's number is then the baseline's, and the ``teacher from`` column says so. The
     baseline group comes first; the others follow in the order they were first run.
+
+    ``defaults`` (flattened current params, as strings) and ``baseline_top1`` (model -> top-1 in 0..1 from
+    the workspace's metrics files) make the baseline *this workspace*: its params are the current ones
+    and its numbers the committed results, whatever older runs the store holds under the same name.
     """
     columns = [
         "experiment",
@@ -157,24 +179,33 @@ def ablation_table(runs: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFrame
         return pd.DataFrame(columns=columns)
     groups = {name: g for name, g in runs.groupby("dvc_exp", sort=False)}
     base_runs = groups.get(baseline, runs.iloc[0:0])
-    base_params = _merged_params(base_runs) if len(base_runs) else {}
+    base_params = dict(defaults) if defaults else (_merged_params(base_runs) if len(base_runs) else {})
     base_teacher = _eval_top1(base_runs, "teacher") if len(base_runs) else NAN
-    first_seen = {name: g["start_time"].min() for name, g in groups.items()}
+    if baseline_top1 and "teacher" in baseline_top1:
+        base_teacher = baseline_top1["teacher"]
+    if baseline_top1 and baseline not in groups:
+        groups[baseline] = runs.iloc[0:0]
+    first_seen = {name: g["start_time"].min() if len(g) else 0 for name, g in groups.items()}
     order = sorted(groups, key=lambda n: (n != baseline, first_seen[n]))
     rows = []
     for name in order:
         group = groups[name]
         student = _last_student(group)
-        teacher = _eval_top1(group, "teacher")
+        teacher = _eval_top1(group, "teacher") if name != baseline or not baseline_top1 else base_teacher
         teacher_from = name
         if _isnan(teacher):
             teacher, teacher_from = base_teacher, baseline if not _isnan(base_teacher) else ""
         student_top1 = _pct(_eval_top1(group, student)) if student else NAN
+        if name == baseline and baseline_top1:
+            student = max((m for m in baseline_top1 if m != "teacher"), key=natural_key, default=student)
+            student_top1 = _pct(baseline_top1.get(student, NAN)) if student else NAN
         hashes = _latest_per_name(group).sort_values("start_time")["params_hash"].dropna()
         rows.append(
             {
                 "experiment": name,
-                "changed params": "(baseline)" if name == baseline else param_diff(_merged_params(group), base_params),
+                "changed params": "(baseline)"
+                if name == baseline
+                else param_diff(_merged_params(group), base_params, defaults),
                 "student": student or "",
                 "student top-1 %": student_top1,
                 "teacher top-1 %": _pct(teacher),
