@@ -57,11 +57,11 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-@pytest.fixture
-def micro_project(tmp_path: Path) -> Path:
-    """A git + DVC repository holding this project with micro params, committed."""
-    if not FASHION_MNIST.is_dir():
-        pytest.fail(f"{FASHION_MNIST} missing: the test setup installs dataset-fashion-mnist (make test)")
+def make_project(tmp_path: Path, params: dict[str, Any]) -> Path:
+    """A committed git + DVC repository at ``tmp_path/repo`` holding this project with ``params``.
+
+    The default remote is a local directory, ``tmp_path/remote``.
+    """
     repo = tmp_path / "repo"
     repo.mkdir()
     for name in PROJECT_FILES:
@@ -70,8 +70,7 @@ def micro_project(tmp_path: Path) -> Path:
             shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         elif src.exists():
             shutil.copy2(src, repo / name)
-    base = yaml.safe_load((ROOT / "params.yaml").read_text())
-    (repo / "params.yaml").write_text(yaml.safe_dump(micro_params(base), sort_keys=False))
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (repo / ".gitignore").write_text("mlflow.db\nmlartifacts/\n.checkpoints/\n")
     run(["git", "init", "-q", "-b", "main"], repo)
     run(["git", "config", "user.email", "ci@example.com"], repo)
@@ -80,5 +79,14 @@ def micro_project(tmp_path: Path) -> Path:
     run([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], repo)
     run([sys.executable, "-m", "dvc", "remote", "add", "-d", "local", str(tmp_path / "remote")], repo)
     run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-q", "-m", "micro project"], repo)
+    run(["git", "commit", "-q", "-m", "project"], repo)
     return repo
+
+
+@pytest.fixture
+def micro_project(tmp_path: Path) -> Path:
+    """A git + DVC repository holding this project with micro params, committed."""
+    if not FASHION_MNIST.is_dir():
+        pytest.fail(f"{FASHION_MNIST} missing: the test setup installs dataset-fashion-mnist (make test)")
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    return make_project(tmp_path, micro_params(base))

@@ -8,7 +8,6 @@ folders, and an unlabeled pool whose labels are all unknown (-1).
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from sklearn.linear_model import SGDClassifier
 from noisy_student.models import load_classifier
 from stages._common import images_tensor
 from stages.robustness_data import _as_images, _scores
-from tests.conftest import PROJECT_FILES, ROOT, micro_params, run
+from tests.conftest import ROOT, make_project, micro_params, run
 
 DVC = [sys.executable, "-m", "dvc"]
 CLASSES = ("berry", "leaf", "sky")
@@ -83,24 +82,7 @@ def _folders_params(dirs: dict[str, Path]) -> dict[str, Any]:
 def folders_project(tmp_path: Path) -> Path:
     """A git + DVC repository of this project whose params read a tiny RGB image-folder dataset."""
     dirs = make_dataset(tmp_path / "images")
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    for name in PROJECT_FILES:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        elif src.exists():
-            shutil.copy2(src, repo / name)
-    (repo / "params.yaml").write_text(yaml.safe_dump(_folders_params(dirs), sort_keys=False))
-    (repo / ".gitignore").write_text("mlflow.db\nmlartifacts/\n.checkpoints/\n")
-    run(["git", "init", "-q", "-b", "main"], repo)
-    run(["git", "config", "user.email", "ci@example.com"], repo)
-    run(["git", "config", "user.name", "CI"], repo)
-    run([sys.executable, "-m", "dvc", "init", "-q"], repo)
-    run([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], repo)
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-q", "-m", "folders project"], repo)
-    return repo
+    return make_project(tmp_path, _folders_params(dirs))
 
 
 def _json(path: Path) -> dict[str, Any]:
