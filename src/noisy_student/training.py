@@ -282,7 +282,9 @@ def train_classifier(
                     with model_noise_off(model):
                         loss = joint_loss(forward(to_device(images[0])), ys[0])
                 else:
-                    loss = task(to_device(torch.cat(images)), torch.cat(ys))["loss"]
+                    x, y = to_device(torch.cat(images)), torch.cat(ys)
+                    # the task holds the plain module (its state dict, EMA); a compiled wrapper runs the forward
+                    loss = task(x, y)["loss"] if forward is model else task.criterion(forward(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
