@@ -16,7 +16,14 @@ from noisy_student.evaluation import predict_logits, topk_accuracy
 from noisy_student.io import atomic_path
 from noisy_student.models import ImageClassifier, create_classifier, save_checkpoint
 from noisy_student.plots import training_curves
-from noisy_student.training import TrainData, resolve_device, run_key, seed_everything, train_classifier
+from noisy_student.training import (
+    TrainData,
+    one_hot,
+    resolve_device,
+    run_key,
+    seed_everything,
+    train_classifier,
+)
 from stages._common import Timer, images_tensor, project_root, write_metrics
 
 
@@ -87,7 +94,7 @@ def fit(
 
     data = TrainData(
         images_tensor(labeled.images),
-        torch.nn.functional.one_hot(torch.from_numpy(labeled.labels), num_classes).float(),
+        one_hot(labeled.labels, num_classes, smoothing=optim.label_smoothing),
         unlabeled_images,
         unlabeled_targets,
     )

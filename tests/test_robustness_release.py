@@ -90,9 +90,7 @@ def test_eval_c_reads_imagenet_c_release(tmp_path: Path) -> None:
     for wnid in WNIDS[:4]:  # 1 of 4 right: clean error 0.75
         write_image(val / wnid / "x.png", 90)
     model = constant_model(tmp_path / "gray.pt", in_chans=1)  # RGB JPEGs are converted to L
-    params = params_file(
-        tmp_path, imagenet_c_dir=str(root), class_index_file=str(classes), imagenet_val_dir=str(val)
-    )
+    params = params_file(tmp_path, imagenet_c_dir=str(root), class_index_file=str(classes), imagenet_val_dir=str(val))
     metrics = tmp_path / "c.json"
     out = invoke("eval-c", model, params, metrics)
     assert "eval-C m: mCE" in out.output

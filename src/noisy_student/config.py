@@ -251,9 +251,7 @@ class Params(_Section):
     tracking: TrackingParams = TrackingParams()
     # Iterations: name -> {teacher: the model that labels for it ("teacher" or an
     # earlier iteration), overrides...}. Order of the mapping is the order of training.
-    iterations: dict[str, IterationParams] = Field(
-        default_factory=lambda: {"it1": IterationParams(teacher="teacher")}
-    )
+    iterations: dict[str, IterationParams] = Field(default_factory=lambda: {"it1": IterationParams(teacher="teacher")})
     # Models to evaluate ("teacher" and/or iteration names); dvc.yaml unrolls over it.
     evaluate: tuple[str, ...] = ("teacher", "it1")
 
