@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -10,9 +11,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from noisy_student.config import ModelParams, NoiseParams, OptimParams, Params
+from noisy_student.config import FixResParams, ModelParams, NoiseParams, OptimParams, Params
 from noisy_student.data import ImageSet, load_classes
 from noisy_student.evaluation import predict_logits, topk_accuracy
+from noisy_student.fixres import fixres_finetune
 from noisy_student.io import atomic_path
 from noisy_student.models import ImageClassifier, create_classifier, save_checkpoint
 from noisy_student.plots import training_curves
@@ -60,6 +62,7 @@ def fit(
     key_extra: object = None,
     prepare_model: Callable[[ImageClassifier], None] | None = None,
     finetune_epochs: int = 0,
+    fixres: FixResParams | None = None,
 ) -> ImageClassifier:
     """Train one model, save it at ``out`` and its metrics/curves beside the DVC metrics.
 
@@ -148,6 +151,28 @@ def fit(
             record.update(epoch=record["epoch"] + offset, phase=1.0)
             on_epoch(record)
         history += tuned
+    if fixres is not None and fixres.epochs:
+        offset = optim.epochs + finetune_epochs
+        for record in history:
+            record.setdefault("phase", 0.0)
+        final, tuned = fixres_finetune(
+            final,
+            data.labeled_images,
+            data.labeled_targets,
+            optim,
+            fixres,
+            device=device,
+            seed=params.seed + 2,
+            checkpoint_path=checkpoints / f"{name}-{key}-fixres.pt",
+            checkpoint_key=run_key(key, fixres.model_dump()),
+            eval_fn=eval_fn,
+            desc=f"{name} fixres {fixres.image_size}px",
+        )
+        for record in tuned:
+            record.update(epoch=record["epoch"] + offset, phase=2.0)
+            on_epoch(record)
+        history += tuned
+        spec = replace(spec, input_size=fixres.image_size)
     final = final.cpu().eval()
     n_params = sum(p.numel() for p in final.parameters())
     save_checkpoint(out, final, spec, {"name": name, "params": n_params, "epochs": optim.epochs})
@@ -161,6 +186,9 @@ def fit(
     mlflow.log_artifact(str(png), "plots")
     mlflow.log_artifact(str(curves_csv), "curves")
     last = history[-1]
+    fixres_metrics = (
+        {"fixres_epochs": fixres.epochs, "fixres_image_size": fixres.image_size} if fixres and fixres.epochs else {}
+    )
     write_metrics(
         metrics_path,
         {
@@ -169,6 +197,7 @@ def fit(
             "best_logged_test_top1": float(frame["test_top1"].max()),
             "final_train_loss": last["train_loss"],
             "epochs": optim.epochs + finetune_epochs,
+            **fixres_metrics,
             "parameters": int(n_params),
             "train_seconds": timer.seconds,
             **(extra_metrics or {}),

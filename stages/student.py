@@ -98,6 +98,7 @@ def main(
             key_extra=(params.pseudo_labels.mode, int(copies.sum()), float(probs.sum()), sp.init, sp.allow_smaller),
             prepare_model=prepare_model,
             finetune_epochs=sp.finetune_epochs if sp.schedule == "pretrain_finetune" else 0,
+            fixres=sp.fixres,
         )
         log_model(student, out, tuple(images_tensor(labeled.images[:1]).shape[1:]), params.tracking.registered_model)
 

@@ -11,6 +11,7 @@ import mlflow.pytorch
 import pytest
 import torch
 
+from noisy_student.models import load_classifier
 from tests.conftest import run
 
 DVC = [sys.executable, "-m", "dvc"]
@@ -72,8 +73,9 @@ def test_repro_exp_run_and_push(micro_project: Path) -> None:
     # nothing changed: nothing reruns
     assert "Stage 'teacher' didn't change" in run(DVC + ["repro"], repo).stdout
 
-    # the -S override reruns only what depends on the student's noise
-    exp = run(DVC + ["exp", "run", "-n", "mag3", "-S", "noise.randaugment_magnitude=3"], repo).stdout
+    # the -S overrides rerun only what depends on the student (noise; FixRes finetune at 32 px)
+    fixres = ["-S", "student.fixres.epochs=1", "-S", "student.fixres.image_size=32"]
+    exp = run(DVC + ["exp", "run", "-n", "mag3", "-S", "noise.randaugment_magnitude=3", *fixres], repo).stdout
     for downstream in ("student@it1", "eval@it1", "eval-C@it1", "eval-FGSM@it1"):
         assert f"Running stage '{downstream}'" in exp, exp
     for upstream in (
@@ -94,6 +96,12 @@ def test_repro_exp_run_and_push(micro_project: Path) -> None:
         if r.info.run_name == "student@it1" and r.data.params["noise.randaugment_magnitude"] == "3"
     ]
     assert len(mag3) == 1
+    # the finetuned student resizes its inputs itself; every evaluation ran on it
+    student_metrics = json.loads((repo / "metrics" / "student-it1.json").read_text())
+    assert student_metrics["fixres_image_size"] == 32 and student_metrics["epochs"] == 1
+    fixed, spec, _ = load_classifier(repo / "models" / "it1.pt")
+    assert spec.input_size == 32 and fixed(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    assert json.loads((repo / "metrics" / "robustness" / "fgsm-it1.json").read_text())["fgsm_top1_eps16"] >= 0
 
     # outputs go to the default local remote
     run(DVC + ["push"], repo)

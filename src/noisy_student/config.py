@@ -155,9 +155,26 @@ class FilterParams(_Section):
     balance: bool = True
 
 
+class FixResParams(_Section):
+    """FixRes-style finetune after the student's training (the paper's L2: 1.5 epochs).
+
+    Unaugmented labeled images, no dropout / stochastic depth, at ``image_size``
+    (the checkpoint then resizes every input to it, so evaluation and the next
+    iteration's predictions run at that resolution too), with the stem and the
+    first ``freeze_stages`` feature stages frozen (weights and batch-norm
+    statistics).
+    """
+
+    epochs: int = Field(0, ge=0)  # 0: off
+    image_size: int = Field(32, ge=8, le=2048)
+    lr: float = Field(0.005, gt=0)
+    freeze_stages: int = Field(2, ge=0)
+
+
 class StudentParams(_Section):
     model: ModelParams = ModelParams()
     optim: OptimParams = OptimParams()
+    fixres: FixResParams = FixResParams()
     # unlabeled images per labeled image in every batch (paper: 1:1 .. 28:1).
     unlabeled_ratio: int = Field(3, ge=1)
     # 'joint' (the paper's method) or Table 13's 'pretrain_finetune': the same number of

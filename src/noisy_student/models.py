@@ -16,6 +16,7 @@ import timm
 import torch
 from timm.layers import DropPath
 from torch import nn
+from torch.nn import functional as F
 
 from noisy_student.config import ModelParams
 from noisy_student.io import atomic_path
@@ -34,6 +35,8 @@ class ModelSpec:
     std: tuple[float, ...]
     small_image: bool = True
     kwargs: dict[str, Any] | None = None
+    # side every input is resized to before the network (FixRes finetune); None: as given
+    input_size: int | None = None
 
 
 class ImageClassifier(nn.Module):
@@ -41,16 +44,25 @@ class ImageClassifier(nn.Module):
 
     ``forward`` takes float images ``(B, C, H, W)`` in 0..1 and returns logits
     ``(B, num_classes)``. Keeping normalisation inside the module makes
-    adversarial attacks and corruptions operate in pixel space.
+    adversarial attacks and corruptions operate in pixel space. With
+    ``input_size`` set (after a FixRes finetune) inputs of any side are first
+    resized (bilinear, antialiased) to ``input_size`` x ``input_size``, so every
+    caller keeps feeding images at the data's resolution.
     """
 
-    def __init__(self, net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    def __init__(
+        self, net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...], input_size: int | None = None
+    ) -> None:
         super().__init__()
         self.net = net
+        self.input_size = input_size
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        side = self.input_size
+        if side is not None and tuple(x.shape[-2:]) != (side, side):
+            x = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
         return self.net((x - self.mean) / self.std)
 
 
@@ -220,5 +232,33 @@ def load_classifier(
         drop_path_rate=drop_path_rate,
     )
     model.load_state_dict(state["state_dict"])
+    model.input_size = spec.input_size
     model.eval()
     return model, spec, state.get("meta", {})
+
+
+def shallow_modules(net: nn.Module, stages: int) -> list[str]:
+    """Names of the top-most modules of ``net`` that run before its feature stage ``stages``.
+
+    Stages are timm's ``feature_info`` entries (ResNet: stem, layer1..4;
+    EfficientNet: blocks.0..6), so ``stages=1`` is the stem (plus
+    EfficientNet's first block), ``stages=2`` adds the next stage, and so on.
+    The list covers every parameter before that stage and nothing after, in
+    the form :func:`timm.utils.freeze` takes.
+    """
+    info = getattr(net, "feature_info", None)
+    if stages == 0:
+        return []
+    if not info:
+        raise ValueError(f"{type(net).__name__} has no timm feature_info: cannot tell its shallow layers")
+    if stages >= len(info):
+        raise ValueError(f"freeze_stages: got {stages}; {type(net).__name__} has {len(info)} stages, keep the last")
+    boundary = info[stages]["module"]
+    names: list[str] = []
+    for name, _ in net.named_modules():
+        if name == boundary:
+            break
+        if not name or boundary.startswith(name + ".") or any(name.startswith(n + ".") for n in names):
+            continue  # an ancestor of the boundary, or inside a module already listed
+        names.append(name)
+    return names
