@@ -17,7 +17,15 @@ import typer
 from noisy_student.config import Params
 from noisy_student.io import atomic_path
 from noisy_student.plots import fgsm_comparison
-from noisy_student.report_tables import BASELINE, ablation_table, iteration_table, ordered_models, summary_table
+from noisy_student.report_tables import (
+    BASELINE,
+    ablation_table,
+    iteration_table,
+    latest_training_runs,
+    natural_key,
+    ordered_models,
+    summary_table,
+)
 from stages._common import PARAMS_OPTION, flatten, params_or_exit, tracking_uri
 
 # metrics file (relative to the metrics folder) -> column prefix in the per-model frame
@@ -88,7 +96,7 @@ def mlflow_runs(uri: str, experiment: str) -> pd.DataFrame:
 
     A missing SQLite file is not created: inside a queued DVC experiment that would leave a stray store.
     """
-    columns = ["run_name", "dvc_exp", "start_time", "params_hash", "top1", "params"]
+    columns = ["run_id", "run_name", "dvc_exp", "start_time", "params_hash", "top1", "params"]
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         return pd.DataFrame(columns=columns)
     import mlflow  # imported here: only this part of the report needs it, and it is slow to import
@@ -104,6 +112,7 @@ def mlflow_runs(uri: str, experiment: str) -> pd.DataFrame:
         for r in page:
             rows.append(
                 {
+                    "run_id": r.info.run_id,
                     "run_name": r.info.run_name,
                     "dvc_exp": r.data.tags.get("dvc_exp", BASELINE),
                     "start_time": r.info.start_time,
@@ -117,6 +126,53 @@ def mlflow_runs(uri: str, experiment: str) -> pd.DataFrame:
         if not page_token:
             break
     return pd.DataFrame(rows, columns=columns)
+
+
+def training_histories(uri: str, runs: pd.DataFrame) -> pd.DataFrame:
+    """Test top-1 per epoch of the latest teacher / student run of every experiment.
+
+    Columns ``dvc_exp, run_name, epoch, top1`` (top1 in %). An experiment that did not retrain a model has no
+    run for it, so every curve belongs to the experiment that produced it.
+    """
+    columns = ["dvc_exp", "run_name", "epoch", "top1"]
+    latest = latest_training_runs(runs)
+    if latest.empty:
+        return pd.DataFrame(columns=columns)
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    rows = [
+        (run.dvc_exp, run.run_name, int(m.step), 100.0 * m.value)
+        for run in latest.itertuples()
+        for m in client.get_metric_history(run.run_id, "test_top1")
+        if m.step > 0  # epochs count from 1; step 0 would be a summary value
+    ]
+    return pd.DataFrame(rows, columns=columns).sort_values(["run_name", "dvc_exp", "epoch"], ignore_index=True)
+
+
+def curves_plot(histories: pd.DataFrame, path: Path) -> None:
+    """One panel per trained model (teacher, student@itN), one test top-1 curve per experiment."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted(histories["run_name"].unique(), key=natural_key) if len(histories) else []
+    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(5.5 * max(1, len(names)), 4), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=False):
+        for exp, curve in histories[histories["run_name"] == name].groupby("dvc_exp", sort=True):
+            ax.plot(curve["epoch"], curve["top1"], marker="o", markersize=3, label=str(exp))
+        ax.set_title(f"{name}: test top-1 during training")
+        ax.set_xlabel("epoch (on the labeled set)")
+        ax.set_ylabel("top-1 %")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    if not names:
+        axes[0][0].text(0.5, 0.5, "no MLflow training runs recorded", ha="center", va="center")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
 
 
 def accuracy_plot(summary: pd.DataFrame, iterations: pd.DataFrame, path: Path) -> None:
@@ -221,6 +277,8 @@ def render(
     ]
     if "ablations" in images:
         parts.append(f"![ablations]({images['ablations']})\n")
+    if "curves" in images:
+        parts += ["## Learning curves (latest training run of each experiment)\n", f"![curves]({images['curves']})\n"]
     if "fgsm" in images:
         parts += ["## FGSM accuracy vs epsilon (every evaluated model)\n", f"![FGSM]({images['fgsm']})\n"]
     return "\n".join(parts)
@@ -253,7 +311,8 @@ def main(
     # both PNGs are always written (DVC declares them as outputs), empty axes when there is nothing to show
     accuracy_plot(summary, iterations, plots / "accuracy.png")
     ablation_plot(ablations, plots / "ablations.png")
-    names = ["accuracy", "ablations"]
+    curves_plot(training_histories(tracking_uri(), runs) if mlflow_history else pd.DataFrame(), plots / "curves.png")
+    names = ["accuracy", "ablations", "curves"]
     try:
         fgsm_comparison(metrics / "robustness", plots / "fgsm.png", models)
         names.append("fgsm")

@@ -217,6 +217,8 @@ def _fake_runs(uri: str) -> None:
         tags = {"stage": stage, "iteration": it, "dvc_exp": exp, "git_rev": "abc", "params_hash": f"hash-{exp}"}
         run = client.create_run(exp_id, start_time=1000 + t, tags=tags, run_name=f"{stage}@{it}")
         metrics = [Metric("top1", top1, 1000 + t, 0)] if top1 is not None else []
+        if stage == "student":  # training runs log test top-1 at their eval epochs
+            metrics += [Metric("test_top1", 0.5 + 0.1 * e + (exp == "hard-labels") * 0.01, 1000 + t, e) for e in (1, 2)]
         client.log_batch(run.info.run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()])
         client.set_terminated(run.info.run_id)
 
@@ -241,7 +243,7 @@ def test_report_entry_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     )
 
     text = out.read_text()
-    for png in ("accuracy.png", "ablations.png"):
+    for png in ("accuracy.png", "ablations.png", "curves.png"):
         assert (out.parent / png).stat().st_size > 1000
         assert f"]({png})" in text  # linked relative to the report
     # the three tables, parsed back from the Markdown
@@ -280,7 +282,7 @@ def test_report_without_a_store_writes_every_output(tmp_path: Path, monkeypatch:
         params_file=ROOT / "params.yaml",
     )
     assert not (tmp_path / "absent.db").exists()
-    assert (tmp_path / "ablations.png").is_file() and (tmp_path / "accuracy.png").is_file()
+    assert all((tmp_path / f"{name}.png").is_file() for name in ("ablations", "accuracy", "curves"))
     assert "(nothing recorded yet)" in out.read_text()
 
 
@@ -290,3 +292,20 @@ def _pipe_table(block: str) -> Any:
 
     lines = [line.strip().strip("|") for line in block.strip().splitlines() if not set(line) <= set("|:- ")]
     return io.StringIO("\n".join("|".join(cell.strip() for cell in line.split("|")) for line in lines))
+
+
+def test_training_histories_take_the_latest_run_of_each_experiment(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    _fake_runs(uri)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp_id = client.get_experiment_by_name("noisy-student").experiment_id
+    # a rerun of the baseline's student: only its curve may be drawn
+    rerun = client.create_run(exp_id, start_time=5000, tags={"dvc_exp": "workspace"}, run_name="student@it1")
+    client.log_batch(rerun.info.run_id, metrics=[Metric("test_top1", 0.9, 5000, 3), Metric("test_top1", 0.9, 5000, 0)])
+    runs = report.mlflow_runs(uri, "noisy-student")
+    hist = report.training_histories(uri, runs)
+    assert set(hist["run_name"]) == {"student@it1"}  # eval runs are not training runs
+    workspace = hist[hist["dvc_exp"] == "workspace"]
+    assert list(workspace["epoch"]) == [3] and workspace["top1"].tolist() == pytest.approx([90.0])  # step 0 dropped
+    hard = hist[hist["dvc_exp"] == "hard-labels"]
+    assert list(hard["epoch"]) == [1, 2] and hard["top1"].tolist() == pytest.approx([61.0, 71.0])

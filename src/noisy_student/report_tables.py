@@ -221,3 +221,12 @@ def ablation_table(
 def ordered_models(names: Iterable[str]) -> list[str]:
     """teacher first, then iterations in natural order."""
     return sorted(set(names), key=lambda n: (n != "teacher", natural_key(n)))
+
+
+def latest_training_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The latest ``teacher`` / ``student@<it>`` run of every experiment (rows of ``runs``, by start time)."""
+    if runs.empty or "run_name" not in runs:
+        return runs.iloc[0:0]
+    names = runs["run_name"].astype(str)
+    training = runs[(names == "teacher") | names.str.startswith("student@")]
+    return training.sort_values("start_time").groupby(["dvc_exp", "run_name"], sort=False).tail(1)
