@@ -1,0 +1,74 @@
+"""FixRes finetune probe: test top-1 of a trained checkpoint before and after the finetune, per input size.
+
+For each ``--sizes`` side it prints the checkpoint's test top-1 when its inputs
+are simply resized to that side, and after ``fixres_finetune`` at that side
+(the ``student.fixres`` step: unaugmented labeled images, noise off, stem and
+first ``--freeze-stages`` stages frozen). It answers "would
+``student.fixres.epochs > 0`` pay off on this data?" in a minute or two,
+without retraining the student through DVC.
+
+    python bench/fixres.py --checkpoint models/it1.pt --sizes 28 32
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import _common  # noqa: F401  (puts src/ on the path)
+import numpy as np
+import torch
+from _common import device_of, machine
+
+from noisy_student.config import FixResParams, load_params
+from noisy_student.data import load_imageset
+from noisy_student.evaluation import predict_logits, topk_accuracy
+from noisy_student.fixres import fixres_finetune
+from noisy_student.models import load_classifier
+from noisy_student.training import one_hot
+
+
+def images(array: np.ndarray) -> torch.Tensor:
+    """uint8 ``(N, H, W)`` or ``(N, H, W, C)`` -> ``(N, C, H, W)`` (as the stages feed models)."""
+    t = torch.from_numpy(np.ascontiguousarray(array))
+    return t[:, None] if t.ndim == 3 else t.permute(0, 3, 1, 2).contiguous()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, default=Path("models/it1.pt"))
+    parser.add_argument("--data", type=Path, default=Path("data/prepared"))
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--sizes", type=int, nargs="+", default=[28, 32])
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=0.005)
+    parser.add_argument("--freeze-stages", type=int, default=2)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+
+    device = device_of(args.device)
+    params = load_params(args.params)
+    labeled, test = load_imageset(args.data / "labeled.npz"), load_imageset(args.data / "test.npz")
+    x_lab, x_test = images(labeled.images), images(test.images)
+    print(machine())
+
+    def top1(model: torch.nn.Module) -> float:
+        logits = predict_logits(model, x_test, params.eval.batch_size, device, progress=False)
+        return 100.0 * topk_accuracy(logits, test.labels)["top1"]
+
+    base, spec, _ = load_classifier(args.checkpoint)
+    native = test.images.shape[1]
+    print(f"{args.checkpoint} ({spec.arch}) at the data's {native} px: top-1 {top1(base):.2f} %")
+    for size in args.sizes:
+        model, _, _ = load_classifier(args.checkpoint)
+        model.input_size = size
+        resized = top1(model)
+        fixres = FixResParams(epochs=args.epochs, image_size=size, lr=args.lr, freeze_stages=args.freeze_stages)
+        targets = one_hot(labeled.labels, spec.num_classes)
+        tuned, _ = fixres_finetune(model, x_lab, targets, params.student.optim, fixres, device=device, seed=params.seed)
+        after = top1(tuned.eval())
+        print(f"{size:>4} px: resized only {resized:.2f} %, after {args.epochs}-epoch FixRes finetune {after:.2f} %")
+
+
+if __name__ == "__main__":
+    main()
