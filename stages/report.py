@@ -160,6 +160,7 @@ def curves_plot(histories: pd.DataFrame, path: Path) -> None:
     names = sorted(histories["run_name"].unique(), key=natural_key) if len(histories) else []
     fig, axes = plt.subplots(1, max(1, len(names)), figsize=(5.5 * max(1, len(names)), 4), squeeze=False)
     for ax, name in zip(axes[0], names, strict=False):
+        ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)  # 20 distinct colours: many experiments
         for exp, curve in histories[histories["run_name"] == name].groupby("dvc_exp", sort=True):
             ax.plot(curve["epoch"], curve["top1"], marker="o", markersize=3, label=str(exp))
         ax.set_title(f"{name}: test top-1 during training")
