@@ -16,22 +16,15 @@ import argparse
 from pathlib import Path
 
 import _common  # noqa: F401  (puts src/ on the path)
-import numpy as np
 import torch
 from _common import device_of, machine
 
 from noisy_student.config import FixResParams, load_params
 from noisy_student.data import load_imageset
-from noisy_student.evaluation import predict_logits, topk_accuracy
+from noisy_student.evaluation import images_tensor, predict_logits, topk_accuracy
 from noisy_student.fixres import fixres_finetune
 from noisy_student.models import load_classifier
 from noisy_student.training import one_hot
-
-
-def images(array: np.ndarray) -> torch.Tensor:
-    """uint8 ``(N, H, W)`` or ``(N, H, W, C)`` -> ``(N, C, H, W)`` (as the stages feed models)."""
-    t = torch.from_numpy(np.ascontiguousarray(array))
-    return t[:, None] if t.ndim == 3 else t.permute(0, 3, 1, 2).contiguous()
 
 
 def main() -> None:
@@ -49,7 +42,7 @@ def main() -> None:
     device = device_of(args.device)
     params = load_params(args.params)
     labeled, test = load_imageset(args.data / "labeled.npz"), load_imageset(args.data / "test.npz")
-    x_lab, x_test = images(labeled.images), images(test.images)
+    x_lab, x_test = images_tensor(labeled.images), images_tensor(test.images)
     print(machine())
 
     def top1(model: torch.nn.Module) -> float:
@@ -59,12 +52,12 @@ def main() -> None:
     base, spec, _ = load_classifier(args.checkpoint)
     native = test.images.shape[1]
     print(f"{args.checkpoint} ({spec.arch}) at the data's {native} px: top-1 {top1(base):.2f} %")
+    targets = one_hot(labeled.labels, spec.num_classes)
     for size in args.sizes:
         model, _, _ = load_classifier(args.checkpoint)
         model.input_size = size
         resized = top1(model)
         fixres = FixResParams(epochs=args.epochs, image_size=size, lr=args.lr, freeze_stages=args.freeze_stages)
-        targets = one_hot(labeled.labels, spec.num_classes)
         tuned, _ = fixres_finetune(model, x_lab, targets, params.student.optim, fixres, device=device, seed=params.seed)
         after = top1(tuned.eval())
         print(f"{size:>4} px: resized only {resized:.2f} %, after {args.epochs}-epoch FixRes finetune {after:.2f} %")

@@ -22,6 +22,7 @@ import typer
 import noisy_student
 from noisy_student.config import Params, ParamsError, load_params
 from noisy_student.data.fashion_mnist import DatasetMissingError
+from noisy_student.evaluation import images_tensor  # noqa: F401  (re-exported for the stages)
 from noisy_student.io import write_json
 
 PARAMS_OPTION = typer.Option("params.yaml", "--params", help="Validated parameters file.")
@@ -151,12 +152,6 @@ def log_model(
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"timm=={timm.__version__}"],
         registered_model_name=registered_name,
     )
-
-
-def images_tensor(images: np.ndarray) -> torch.Tensor:
-    """``(N, H, W)`` or ``(N, H, W, C)`` uint8 -> ``(N, C, H, W)`` uint8 tensor."""
-    t = torch.from_numpy(np.ascontiguousarray(images))
-    return t.unsqueeze(1) if t.ndim == 3 else t.permute(0, 3, 1, 2).contiguous()
 
 
 class Timer:

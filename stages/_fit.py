@@ -44,6 +44,23 @@ def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, .
     return tuple(x.mean(axis=axes).tolist()), tuple(x.std(axis=axes).tolist())
 
 
+def _append_phase(
+    history: list[dict[str, float]],
+    tuned: list[dict[str, float]],
+    offset: int,
+    phase: float,
+    on_epoch: Callable[[dict[str, float]], None],
+) -> None:
+    """Append a later training phase's records to ``history``: epochs continue after ``offset``,
+    every record carries its ``phase`` (0 = the main run), and each new one is logged."""
+    for record in history:
+        record.setdefault("phase", 0.0)
+    for record in tuned:
+        record.update(epoch=record["epoch"] + offset, phase=phase)
+        on_epoch(record)
+    history += tuned
+
+
 def fit(
     name: str,
     params: Params,
@@ -131,8 +148,6 @@ def fit(
         desc=name if not finetune_epochs else f"{name} pretrain",
     )
     if finetune_epochs:
-        for record in history:
-            record["phase"] = 0.0
         labeled_only = TrainData(data.labeled_images, data.labeled_targets)
         final, tuned = train_classifier(
             final,
@@ -146,15 +161,8 @@ def fit(
             eval_fn=eval_fn,
             desc=f"{name} finetune",
         )
-        offset = optim.epochs
-        for record in tuned:
-            record.update(epoch=record["epoch"] + offset, phase=1.0)
-            on_epoch(record)
-        history += tuned
+        _append_phase(history, tuned, optim.epochs, 1.0, on_epoch)
     if fixres is not None and fixres.epochs:
-        offset = optim.epochs + finetune_epochs
-        for record in history:
-            record.setdefault("phase", 0.0)
         final, tuned = fixres_finetune(
             final,
             data.labeled_images,
@@ -168,10 +176,7 @@ def fit(
             eval_fn=eval_fn,
             desc=f"{name} fixres {fixres.image_size}px",
         )
-        for record in tuned:
-            record.update(epoch=record["epoch"] + offset, phase=2.0)
-            on_epoch(record)
-        history += tuned
+        _append_phase(history, tuned, optim.epochs + finetune_epochs, 2.0, on_epoch)
         spec = replace(spec, input_size=fixres.image_size)
     final = final.cpu().eval()
     n_params = sum(p.numel() for p in final.parameters())

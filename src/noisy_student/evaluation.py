@@ -14,6 +14,12 @@ from tqdm.auto import tqdm
 from noisy_student.models import model_noise_on
 
 
+def images_tensor(images: np.ndarray) -> torch.Tensor:
+    """``(N, H, W)`` or ``(N, H, W, C)`` uint8 -> ``(N, C, H, W)`` uint8 tensor."""
+    t = torch.from_numpy(np.ascontiguousarray(images))
+    return t.unsqueeze(1) if t.ndim == 3 else t.permute(0, 3, 1, 2).contiguous()
+
+
 def topk_accuracy(logits: np.ndarray, labels: np.ndarray, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
     """Fraction (0..1) of rows whose label is among the ``k`` largest logits, for each k.
 

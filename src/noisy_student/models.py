@@ -50,12 +50,10 @@ class ImageClassifier(nn.Module):
     caller keeps feeding images at the data's resolution.
     """
 
-    def __init__(
-        self, net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...], input_size: int | None = None
-    ) -> None:
+    def __init__(self, net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
         self.net = net
-        self.input_size = input_size
+        self.input_size: int | None = None
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
 
