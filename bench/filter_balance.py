@@ -11,8 +11,8 @@ duplicated, as in real pseudo labels. A second run on the first
 quarter of the shards (K scaled alike) gives the per-row slope for a linear
 projection to ``--project`` rows (the sort is O(n log n), close to linear).
 
-``--reference`` also runs the old in-memory path (whole table,
-``filter_and_balance``, take, one write) in another child for comparison;
+``--reference`` also runs the old in-memory path (whole table, the
+``filter_and_balance`` of ``tests/reference_filter.py``, take, one write) in another child for comparison;
 only sensible for a few million rows.
 
     python bench/filter_balance.py --rows 10000000            # ~1 min on 2 cores, ~1 GB of temp files
@@ -34,14 +34,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from _common import now, peak_rss_mib
 
-from noisy_student.pseudo_labels import (
-    TOPK_CLASSES,
-    TOPK_PROBS,
-    filter_and_balance,
-    filter_balance_shards,
-    select_rows,
-    shard_files,
-)
+from noisy_student.pseudo_labels import TOPK_CLASSES, TOPK_PROBS, filter_balance_shards, select_rows, shard_files
+
+sys.path.insert(0, str(_common.ROOT))  # the in-memory reference filter lives beside the tests that use it
+from tests.reference_filter import filter_and_balance  # noqa: E402
 
 THRESHOLD = 0.3
 SEED = 0

@@ -22,9 +22,8 @@ from _common import device_of, machine
 from noisy_student.config import FixResParams, load_params
 from noisy_student.data import load_imageset
 from noisy_student.evaluation import images_tensor, predict_logits, topk_accuracy
-from noisy_student.fixres import fixres_finetune
 from noisy_student.models import load_classifier
-from noisy_student.training import one_hot
+from noisy_student.training import fixres_finetune, one_hot
 
 
 def main() -> None:

@@ -1,217 +1,30 @@
-"""Stage `prepare`: the source images -> labeled / unlabeled / test image sets.
-
-``data.source: fashion_mnist`` splits the Fashion-MNIST release and mixes
-out-of-domain images into the unlabeled pool; ``data.source: folders`` decodes
-the user's ImageNet-style folders. Both write the same files: ``labeled.npz``,
-``unlabeled.npz``, ``test.npz`` (:class:`~noisy_student.data.ImageSet`) and
-``classes.json``; folders also write ``files.csv`` (id -> image file).
-"""
+"""Stage `prepare`: the source images -> labeled / unlabeled / test image sets (:mod:`noisy_student.data.prepare`)."""
 
 from __future__ import annotations
 
-import csv
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import typer
 
-from noisy_student.config import Params
-from noisy_student.data import ImageSet, save_classes, save_imageset
-from noisy_student.data.fashion_mnist import CLASSES as FASHION_MNIST_CLASSES
-from noisy_student.data.fashion_mnist import load_fashion_mnist
-from noisy_student.data.folders import (
-    FolderDataError,
-    decode_images,
-    scan_class_folders,
-    scan_unlabeled_folder,
-    subsample,
-)
-from noisy_student.data.out_of_domain import out_of_domain_images
-from noisy_student.data.splits import split_labeled_unlabeled
-from noisy_student.io import atomic_path
-from stages._common import PARAMS_OPTION, Timer, fail, friendly_errors, params_or_exit, stage_run, write_metrics
-
-# ids: train image i -> i, test image i -> TEST_ID_OFFSET + i, out-of-domain j -> OOD_ID_OFFSET + j.
-# Folders: labeled file i -> i, test file i -> TEST_ID_OFFSET + i, unlabeled file j -> OOD_ID_OFFSET + j
-# (i, j: positions in the sorted file lists, so an id names the same file whatever the cap).
-TEST_ID_OFFSET = 1_000_000
-OOD_ID_OFFSET = 2_000_000
-MANIFEST_FILE = "files.csv"
-
-
-@dataclass
-class Prepared:
-    """The three splits of one source, their class names, metrics and (folders) the id -> file table."""
-
-    labeled: ImageSet
-    unlabeled: ImageSet
-    test: ImageSet
-    classes: tuple[str, ...]
-    metrics: dict[str, Any]
-    summary: str
-    # rows (id, split, label, path relative to that split's folder); empty for Fashion-MNIST
-    manifest: list[tuple[int, str, int, str]] = field(default_factory=list)
-
-
-def prepare_fashion_mnist(params: Params) -> Prepared:
-    """Split Fashion-MNIST: ``labeled_per_class`` per class labeled, the rest + out-of-domain images unlabeled."""
-    with friendly_errors():
-        raw = load_fashion_mnist(params.data.fashion_mnist_dir)
-    d = params.data
-    train_x, train_y = raw["train_images"], raw["train_labels"].astype(np.int64)
-    lab_idx, unl_idx = split_labeled_unlabeled(train_y, d.labeled_per_class, params.seed, d.unlabeled_size)
-    size = train_x.shape[1]
-    ood_x, ood_src = out_of_domain_images(d.ood_images, d.ood_sources, size, params.seed + 1)
-
-    labeled = ImageSet(train_x[lab_idx], train_y[lab_idx], lab_idx, np.full(len(lab_idx), "fashion_mnist"))
-    # Unlabeled pool: true labels are stored only to report pseudo-label accuracy; training never reads them.
-    unlabeled = ImageSet(
-        np.concatenate([train_x[unl_idx], ood_x]),
-        np.concatenate([train_y[unl_idx], np.full(len(ood_x), -1)]),
-        np.concatenate([unl_idx, OOD_ID_OFFSET + np.arange(len(ood_x))]),
-        np.concatenate([np.full(len(unl_idx), "fashion_mnist"), ood_src]),
-    )
-    test_x, test_y = raw["test_images"], raw["test_labels"].astype(np.int64)
-    test_idx = np.arange(len(test_x))
-    if d.test_size is not None and d.test_size < len(test_x):
-        test_idx = np.sort(np.random.default_rng(params.seed + 2).choice(len(test_x), d.test_size, replace=False))
-    test = ImageSet(
-        test_x[test_idx], test_y[test_idx], TEST_ID_OFFSET + test_idx, np.full(len(test_idx), "fashion_mnist")
-    )
-    metrics = {
-        "labeled": len(labeled),
-        "unlabeled": len(unlabeled),
-        "unlabeled_in_domain": int(len(unl_idx)),
-        "unlabeled_out_of_domain": int(len(ood_x)),
-        "test": len(test),
-        "image_size": int(size),
-    }
-    summary = (
-        f"prepare: {len(labeled)} labeled, {len(unlabeled)} unlabeled ({len(ood_x)} out-of-domain), {len(test)} test"
-    )
-    return Prepared(labeled, unlabeled, test, FASHION_MNIST_CLASSES, metrics, summary)
-
-
-def prepare_folders(params: Params) -> Prepared:
-    """Decode ``data.labeled_dir`` / ``test_dir`` (class folders) and ``unlabeled_dir`` (any images).
-
-    Unlabeled images get label -1 (unknown): their true class is not known, so
-    pseudo-label accuracy cannot be measured on them. Files of the labeled or
-    test folder that also lie under ``unlabeled_dir`` are left out of the pool,
-    so no test image is ever trained on.
-    """
-    d = params.data
-    assert d.labeled_dir and d.unlabeled_dir and d.test_dir  # guaranteed by DataParams' validator
-    timer = Timer()
-    lab = scan_class_folders(d.labeled_dir, "data.labeled_dir")
-    tst = scan_class_folders(d.test_dir, "data.test_dir", min_classes=1)
-    unknown = [c for c in tst.classes if c not in lab.classes]
-    if unknown:
-        raise FolderDataError(
-            f"data.test_dir: class folder {tst.root / unknown[0]} has no counterpart in data.labeled_dir "
-            f"({lab.root}); expected test classes to be a subset of the labeled classes {list(lab.classes)} "
-            f"({len(unknown)} unknown: {unknown[:5]})"
-        )
-    for key, split in (("data.labeled_dir", lab), ("data.test_dir", tst)):
-        if len(split.files) >= TEST_ID_OFFSET:  # ids would collide with the next split's range
-            raise FolderDataError(f"{key}: {len(split.files)} images; expected fewer than {TEST_ID_OFFSET:,}")
-    # test labels in the labeled folder's class order (the model's logit order)
-    to_labeled = np.array([lab.classes.index(c) for c in tst.classes], dtype=np.int64)
-    test_labels = to_labeled[tst.labels]
-
-    unl_root = Path(d.unlabeled_dir)
-    found = scan_unlabeled_folder(unl_root, "data.unlabeled_dir")
-    taken = {p.resolve() for p in (*lab.files, *tst.files)}
-    candidates = np.array([i for i, p in enumerate(found) if p.resolve() not in taken], dtype=np.int64)
-    if len(candidates) == 0:
-        raise FolderDataError(
-            f"data.unlabeled_dir: every image under {unl_root} is also in data.labeled_dir or data.test_dir; "
-            "expected a folder of further, unlabeled images"
-        )
-    unl_idx = candidates[subsample(len(candidates), d.max_unlabeled, params.seed)]
-    unl_files = [found[i] for i in unl_idx]
-
-    size, ch = d.image_size, d.channels
-    lab_x = decode_images(lab.files, size, ch, "decode labeled")
-    test_x = decode_images(tst.files, size, ch, "decode test")
-    unl_x = decode_images(unl_files, size, ch, "decode unlabeled")
-
-    lab_ids = np.arange(len(lab.files), dtype=np.int64)
-    test_ids = TEST_ID_OFFSET + np.arange(len(tst.files), dtype=np.int64)
-    unl_ids = OOD_ID_OFFSET + unl_idx
-    labeled = ImageSet(lab_x, lab.labels, lab_ids, np.full(len(lab_ids), "folders"))
-    unlabeled = ImageSet(unl_x, np.full(len(unl_ids), -1, dtype=np.int64), unl_ids, np.full(len(unl_ids), "folders"))
-    test = ImageSet(test_x, test_labels, test_ids, np.full(len(test_ids), "folders"))
-
-    manifest = [
-        *_rows("labeled", lab_ids, lab.labels, lab.files, lab.root),
-        *_rows("unlabeled", unl_ids, unlabeled.labels, unl_files, unl_root),
-        *_rows("test", test_ids, test_labels, tst.files, tst.root),
-    ]
-    per_class = np.bincount(lab.labels, minlength=len(lab.classes))
-    metrics = {
-        "labeled": len(labeled),
-        "unlabeled": len(unlabeled),
-        "test": len(test),
-        "classes": len(lab.classes),
-        "labeled_min_per_class": int(per_class.min()),
-        "labeled_max_per_class": int(per_class.max()),
-        "unlabeled_found": len(found),
-        "unlabeled_overlap_excluded": int(len(found) - len(candidates)),
-        "image_size": int(size),
-        "channels": int(ch),
-        "seconds": timer.seconds,
-    }
-    summary = (
-        f"prepare: {len(lab.classes)} classes, {len(labeled)} labeled, {len(unlabeled)} unlabeled "
-        f"(of {len(found)} found), {len(test)} test, {size}x{size}x{ch}"
-    )
-    return Prepared(labeled, unlabeled, test, lab.classes, metrics, summary, manifest)
-
-
-def _rows(
-    split: str, ids: np.ndarray, labels: np.ndarray, files: Sequence[Path], root: Path
-) -> list[tuple[int, str, int, str]]:
-    """Manifest rows; paths relative to the split's folder so the table does not depend on where it lies."""
-    return [(int(i), split, int(y), p.relative_to(root).as_posix()) for i, y, p in zip(ids, labels, files, strict=True)]
-
-
-def _write_manifest(path: Path, rows: list[tuple[int, str, int, str]]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(("id", "split", "label", "path"))
-        writer.writerows(rows)
+from noisy_student.data.folders import FolderDataError
+from noisy_student.data.prepare import prepare_data, write_prepared
+from noisy_student.paths import PREPARED, metrics_file
+from noisy_student.tracking import stage_run, write_metrics
+from stages._common import PARAMS_OPTION, friendly_errors, params_or_exit
 
 
 def main(
     params_file: Path = PARAMS_OPTION,
-    out: Path = typer.Option(Path("data/prepared"), help="Folder for labeled/unlabeled/test .npz files."),
-    metrics: Path = typer.Option(Path("metrics/prepare.json"), help="Split statistics (DVC metric)."),
+    out: Path = typer.Option(PREPARED, help="Folder for labeled/unlabeled/test .npz files."),
+    metrics: Path = typer.Option(metrics_file("prepare"), help="Split statistics (DVC metric)."),
 ) -> None:
     """Build the labeled set, the unlabeled pool and the test set from Fashion-MNIST or the user's folders."""
     params = params_or_exit(params_file)
     # every input is read and checked before an MLflow run is opened: a bad folder leaves no half-made run
-    if params.data.source == "folders":
-        try:
-            prepared = prepare_folders(params)
-        except FolderDataError as exc:
-            fail(str(exc))
-            raise  # unreachable (fail exits); keeps `prepared` bound for type checkers
-    else:
-        prepared = prepare_fashion_mnist(params)
-
+    with friendly_errors(FolderDataError):
+        prepared = prepare_data(params)
     with stage_run("prepare", params, ("data",)):
-        for name, split in (("labeled", prepared.labeled), ("unlabeled", prepared.unlabeled), ("test", prepared.test)):
-            save_imageset(out / f"{name}.npz", split)
-        save_classes(out, prepared.classes)
-        manifest = out / MANIFEST_FILE
-        if prepared.manifest:
-            _write_manifest(manifest, prepared.manifest)
-        else:
-            manifest.unlink(missing_ok=True)  # a stale one from an earlier folders run would name the wrong files
+        write_prepared(out, prepared)
         write_metrics(metrics, prepared.metrics)
     typer.echo(prepared.summary)
 

@@ -6,35 +6,32 @@ from pathlib import Path
 
 import typer
 
-from noisy_student.data import load_imageset
-from stages._common import PARAMS_OPTION, friendly_errors, params_or_exit, stage_run, torch_threads
-from stages._fit import class_count, fit
+from noisy_student import paths, tracking
+from noisy_student.data import class_count, load_imageset
+from noisy_student.training import RunPlan, TrainingInputs, save_training_outputs, train_model
+from stages._common import PARAMS_OPTION, friendly_errors, params_or_exit, torch_threads
 
 
 def main(
     params_file: Path = PARAMS_OPTION,
-    data: Path = typer.Option(Path("data/prepared"), help="Folder written by `prepare`."),
-    out: Path = typer.Option(Path("models/teacher.pt"), help="Checkpoint to write."),
-    metrics: Path = typer.Option(Path("metrics/teacher.json"), help="Metrics JSON (DVC metric)."),
+    data: Path = typer.Option(paths.PREPARED, help="Folder written by `prepare`."),
+    out: Path = typer.Option(paths.model_file(paths.TEACHER), help="Checkpoint to write."),
+    metrics: Path = typer.Option(paths.metrics_file("teacher"), help="Metrics JSON (DVC metric)."),
 ) -> None:
     """Train the teacher with cross entropy, RandAugment, dropout and stochastic depth."""
     params = params_or_exit(params_file)
     torch_threads()
     with friendly_errors():
-        labeled, test = load_imageset(data / "labeled.npz"), load_imageset(data / "test.npz")
-    with stage_run("teacher", params, ("teacher",)):
-        fit(
-            "teacher",
-            params,
-            params.teacher.model,
-            params.teacher.optim,
-            params.teacher.noise,
-            labeled,
-            test,
-            out,
-            metrics,
-            class_count(data, labeled),
-        )
+        labeled, test = load_imageset(data / paths.LABELED.name), load_imageset(data / paths.TEST.name)
+    inputs = TrainingInputs(labeled, test, class_count(data, labeled.labels))
+    plan = RunPlan.teacher(params)
+    with tracking.stage_run("teacher", params, ("teacher",)):
+        result = train_model(plan, inputs, paths.checkpoints_dir(), on_epoch=tracking.log_history)
+        csv, png = (paths.curves_file(paths.TEACHER, s, metrics.parent) for s in ("csv", "png"))
+        save_training_outputs(result, plan.name, out, csv, png)
+        tracking.log_artifacts("plots", png)
+        tracking.log_artifacts("curves", csv)
+        tracking.write_metrics(metrics, result.metrics)
 
 
 if __name__ == "__main__":

@@ -22,16 +22,10 @@ def _raw() -> dict:
     return yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
-# Meaningless for the teacher, which never sees pseudo-labeled images.
-_NOT_IN_FILE = {"teacher.noise.unlabeled_augment", "teacher.noise.unlabeled_model_noise"}
-
-
 def _missing_keys(model: type[BaseModel], raw: dict, prefix: str = "") -> list[str]:
     missing = []
     for name, field in model.model_fields.items():
         key = prefix + name
-        if key in _NOT_IN_FILE:
-            continue
         if name not in raw:
             missing.append(key)
         elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
@@ -124,3 +118,16 @@ def test_bad_iteration_override_names_the_iteration_key() -> None:
     raw["iterations"] = {"it1": {"teacher": "teacher", "optim": {}}}
     with pytest.raises(ParamsError, match=r"unknown key 'iterations\.it1\.optim'"):
         parse_params(raw)
+
+
+@pytest.mark.parametrize("key", ["unlabeled_augment", "unlabeled_model_noise"])
+def test_teacher_refuses_pseudo_label_noise_keys(key: str) -> None:
+    raw = _raw()
+    raw["teacher"]["noise"][key] = False
+    with pytest.raises(ParamsError) as err:
+        parse_params(raw)
+    message = str(err.value)
+    assert f"teacher.noise.{key}" in message and f"noise.{key}" in message and "only the student" in message
+    raw = _raw()
+    raw["noise"][key] = False  # the student's noise takes them
+    assert getattr(parse_params(raw).noise, key) is False

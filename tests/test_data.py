@@ -6,9 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from noisy_student.data import ImageSet, load_imageset, save_imageset
+from noisy_student.config import Params
+from noisy_student.data import ImageSet, class_count, load_classes, load_imageset, save_classes, save_imageset
 from noisy_student.data.fashion_mnist import DatasetMissingError, load_fashion_mnist, read_idx
 from noisy_student.data.out_of_domain import out_of_domain_images
+from noisy_student.data.prepare import OOD_ID_OFFSET, TEST_ID_OFFSET, prepare_data, write_prepared
 from noisy_student.data.splits import split_labeled_unlabeled
 
 
@@ -95,3 +97,51 @@ def test_imageset_roundtrip(tmp_path: Path) -> None:
     assert back.ids.tolist() == [5, 6, 7] and back.source.tolist() == ["a", "b", "c"]
     with pytest.raises(FileNotFoundError, match="prepare"):
         load_imageset(tmp_path / "missing.npz")
+
+
+def test_class_count_prefers_the_stored_names_then_the_largest_known_label(tmp_path: Path) -> None:
+    labeled, pool = np.array([0, 3, 1]), np.array([-1, 5, -1])
+    assert class_count(tmp_path, labeled) == 4  # no classes.json: largest label + 1
+    assert class_count(tmp_path, labeled, pool) == 6  # over every given set
+    assert class_count(tmp_path, np.array([], dtype=np.int64), np.array([-1, 2])) == 3  # empty and -1 are skipped
+    save_classes(tmp_path, ["a", "b", "c", "d", "e", "f", "g"])
+    assert class_count(tmp_path, labeled) == 7  # names cover classes no set holds
+    with pytest.raises(ValueError, match="no known label"):
+        class_count(tmp_path / "other", np.array([-1, -1]))
+
+
+def _fake_params(release: Path, seed: int = 0) -> Params:
+    return Params.model_validate(
+        {
+            "seed": seed,
+            "data": {
+                "fashion_mnist_dir": str(release),
+                "labeled_per_class": 2,
+                "unlabeled_size": 10,
+                "test_size": 5,
+                "ood_images": 3,
+                "ood_sources": ["digits"],
+            },
+        }
+    )
+
+
+def test_prepare_fashion_mnist_splits_and_writes_the_folder(tmp_path: Path) -> None:
+    fake_release(tmp_path / "release", n_train=60, n_test=20)
+    prepared = prepare_data(_fake_params(tmp_path / "release"))
+    assert len(prepared.labeled) == 20 and np.bincount(prepared.labeled.labels).tolist() == [2] * 10
+    assert len(prepared.unlabeled) == 13 and (prepared.unlabeled.labels == -1).sum() == 3
+    assert prepared.unlabeled.ids[-3:].tolist() == [OOD_ID_OFFSET + j for j in range(3)]
+    assert len(prepared.test) == 5 and (prepared.test.ids >= TEST_ID_OFFSET).all()
+    assert prepared.metrics["unlabeled_out_of_domain"] == 3 and prepared.manifest == []
+    out = tmp_path / "prepared"
+    out.mkdir()
+    (out / "files.csv").write_text("stale manifest of an earlier folders run")
+    write_prepared(out, prepared)
+    assert not (out / "files.csv").exists()
+    assert load_classes(out)[0] == "T-shirt/top"
+    again = load_imageset(out / "unlabeled.npz")
+    assert np.array_equal(again.images, prepared.unlabeled.images) and np.array_equal(again.ids, prepared.unlabeled.ids)
+    # seeded by params.seed: the same seed draws the same split, another seed another one
+    assert np.array_equal(prepare_data(_fake_params(tmp_path / "release")).labeled.ids, prepared.labeled.ids)
+    assert not np.array_equal(prepare_data(_fake_params(tmp_path / "release", 1)).labeled.ids, prepared.labeled.ids)

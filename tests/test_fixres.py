@@ -9,9 +9,8 @@ import torch
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from noisy_student.config import FixResParams, ModelParams, OptimParams
-from noisy_student.fixres import fixres_finetune
 from noisy_student.models import create_classifier, load_classifier, save_checkpoint, shallow_modules
-from noisy_student.training import one_hot
+from noisy_student.training import fixres_finetune, one_hot
 
 MEAN, STD = (0.3,), (0.35,)
 

@@ -19,9 +19,9 @@ import yaml
 from PIL import Image
 from sklearn.linear_model import SGDClassifier
 
+from noisy_student.evaluation import images_tensor
 from noisy_student.models import load_classifier
-from stages._common import images_tensor
-from stages.robustness_data import _as_images, _scores
+from noisy_student.robustness.build import as_images, reference_scores
 from tests.conftest import ROOT, make_project, micro_params, run
 
 DVC = [sys.executable, "-m", "dvc"]
@@ -92,10 +92,10 @@ def _json(path: Path) -> dict[str, Any]:
 @pytest.mark.parametrize("shape", [(4, 6, 5), (4, 6, 5, 3)])
 def test_robustness_images_keep_the_test_set_layout(shape: tuple[int, ...]) -> None:
     images = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
-    assert np.array_equal(_as_images(images_tensor(images)), images)
+    assert np.array_equal(as_images(images_tensor(images)), images)
     # a perturbation video (N, T, C, H, W) comes back as (N, T, H, W[, C])
     video = images_tensor(images).unsqueeze(1).expand(-1, 2, -1, -1, -1)
-    assert _as_images(video).shape == (shape[0], 2, *shape[1:])
+    assert as_images(video).shape == (shape[0], 2, *shape[1:])
 
 
 @pytest.mark.parametrize(("seen", "num_classes"), [((0, 1), 2), ((0, 2), 3), ((0, 1, 2), 3)])
@@ -104,7 +104,7 @@ def test_reference_scores_have_one_column_per_class(seen: tuple[int, ...], num_c
     y = np.array(seen * 10)
     x = rng.normal(size=(len(y), 4)) + y[:, None]
     reference = SGDClassifier(loss="log_loss", max_iter=30, tol=None, random_state=0).fit(x, y)
-    scores = _scores(reference, x, num_classes)
+    scores = reference_scores(reference, x, num_classes)
     # the top-1 column is the class the reference predicts, also for binary and class-incomplete fits
     assert scores.shape == (len(y), num_classes)
     assert np.array_equal(scores.argmax(1), reference.predict(x))

@@ -11,14 +11,15 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+import typer
 import yaml
 
-from noisy_student.config import ModelParams
+from noisy_student.config import ModelParams, NoiseParams, PseudoLabelParams
 from noisy_student.data import ImageSet, load_imageset, save_imageset
-from noisy_student.evaluation import predict_logits
+from noisy_student.evaluation import images_tensor, predict_logits
 from noisy_student.models import create_classifier, load_classifier, save_checkpoint
 from noisy_student.pseudo_labels import TOPK_CLASSES, TOPK_PROBS, prediction_table, selected_targets, softmax
-from stages._common import images_tensor
+from noisy_student.pseudo_labels.predict import load_predict_inputs, predict_pseudo_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -112,3 +113,60 @@ def test_streamed_predict_writes_what_one_pass_over_the_pool_writes(
         sl = slice(start, start + 20)
         expected = prediction_table(pool.ids[sl], pool.source[sl], pool.labels[sl], probs[sl])
         assert pq.read_table(work / "predictions" / f"part-{shard:05d}.parquet").equals(expected)
+
+
+def _teacher(path: Path, meta: dict) -> Path:
+    model, spec = create_classifier(ModelParams(arch="test_resnet"), 10, 1, (0.5,), (0.25,))
+    save_checkpoint(path, model, spec, meta)
+    return path
+
+
+def test_noised_teacher_labels_with_the_noise_saved_in_its_checkpoint(
+    inputs: Path, tmp_path: Path, one_thread: None
+) -> None:
+    noise = NoiseParams(randaugment_num_ops=1, crop_padding=1, dropout=0.3, stochastic_depth=0.1)
+    checkpoint = _teacher(tmp_path / "noised.pt", {"name": "teacher", "noise": noise.model_dump()})
+    pl = PseudoLabelParams(noised_teacher=True, batch_size=16, shard_size=40)
+    loaded = load_predict_inputs(checkpoint, inputs / "unlabeled.npz", pl)
+    # the checkpoint's noise, not whatever teacher.noise / noise say now
+    assert loaded.noise == noise
+    assert loaded.teacher.net.drop_rate == 0.3
+    drop_paths = [m.drop_prob for m in loaded.teacher.modules() if type(m).__name__ == "DropPath"]
+    assert drop_paths and max(drop_paths) == pytest.approx(0.1)
+    # seeded: the same seed draws the same augmentation and dropout, another seed other ones
+    tables = []
+    for seed, name in ((30, "a"), (30, "b"), (31, "c")):
+        predict_pseudo_labels(loaded, tmp_path / name, pl, torch.device("cpu"), seed)
+        tables.append(pq.read_table(tmp_path / name))
+    assert tables[0].equals(tables[1]) and not tables[0].equals(tables[2])
+    # the un-noised teacher ignores the checkpoint's noise
+    plain = load_predict_inputs(checkpoint, inputs / "unlabeled.npz", PseudoLabelParams())
+    assert plain.noise is None and plain.teacher.net.drop_rate == 0.0
+
+
+def test_noised_teacher_without_saved_noise_stops_naming_the_checkpoint(
+    inputs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pl = PseudoLabelParams(noised_teacher=True)
+    with pytest.raises(ValueError, match=r"teacher\.pt: the teacher was saved without its training noise; retrain it"):
+        load_predict_inputs(inputs / "teacher.pt", inputs / "unlabeled.npz", pl)
+    assert load_predict_inputs(inputs / "teacher.pt", inputs / "unlabeled.npz", PseudoLabelParams()).noise is None
+    # the stage: one line, exit code 2, before an MLflow run or any output
+    from stages.predict import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["pseudo_labels"]["noised_teacher"] = True
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(typer.Exit) as exit_info:
+        main(
+            iteration="it1",
+            teacher=inputs / "teacher.pt",
+            unlabeled=inputs / "unlabeled.npz",
+            out=tmp_path / "predictions",
+            metrics=tmp_path / "predict.json",
+            params_file=tmp_path / "params.yaml",
+        )
+    assert exit_info.value.exit_code == 2
+    assert "saved without its training noise; retrain it" in capsys.readouterr().err
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "predictions").exists()

@@ -8,18 +8,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from noisy_student import pseudo_labels
+from noisy_student.config import FilterParams
+from noisy_student.data import ImageSet
 from noisy_student.pseudo_labels import (
     dense_from_top_k,
-    filter_and_balance,
+    filter_balance,
     filter_balance_shards,
+    pool_positions,
     prediction_table,
+    select,
     select_rows,
     selected_targets,
     softmax,
+    student_targets,
     targets_from_probs,
     top_k,
 )
+from tests.reference_filter import filter_and_balance
 
 
 def test_threshold_drops_low_confidence_rows() -> None:
@@ -188,7 +193,7 @@ def test_out_of_core_filter_balance_writes_the_same_file(
 def test_out_of_core_filter_balance_splits_row_groups_like_write_table(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(pseudo_labels, "ROW_GROUP_ROWS", 70)
+    monkeypatch.setattr(select, "ROW_GROUP_ROWS", 70)
     folder = tmp_path / "predictions"
     _write_shards(folder, 1000, 128, None)
     _reference_selected(folder, tmp_path / "reference.parquet", 0.3, 40, True, row_group_size=70)
@@ -240,5 +245,98 @@ def test_packed_sort_key_orders_like_lexsort(dtype: type) -> None:
     cls = rng.integers(0, 7, 3000).astype(np.int32)
     conf = np.round(rng.random(3000), 2).astype(dtype)
     conf[:10] = [0.0, -0.0, 1.0, 0.0, -0.0, 1.0, 0.5, 0.5, 0.0, 1.0]  # signed zeros tie in the reference
-    order = pseudo_labels._class_then_confidence_order(cls, conf)
+    order = select._class_then_confidence_order(cls, conf)
     np.testing.assert_array_equal(order, np.lexsort((-conf, cls)))
+
+
+def _old_student_join(table: pa.Table, pool_ids: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray, int, float]:
+    """The student stage's join before student_targets existed: a dict of the pool, repeat, targets."""
+    ids, copies, probs = selected_targets(table, 10)
+    pos = {int(i): n for n, i in enumerate(pool_ids)}
+    rows = np.repeat(np.array([pos[int(i)] for i in ids], dtype=np.int64), copies)
+    return rows, targets_from_probs(np.repeat(probs, copies, axis=0), mode), int(copies.sum()), float(probs.sum())
+
+
+@pytest.mark.parametrize(("k", "mode"), [(None, "soft"), (3, "soft"), (None, "hard")])
+def test_student_targets_join_the_pool_and_repeat_by_copies(tmp_path: Path, k: int | None, mode: str) -> None:
+    folder = tmp_path / "predictions"
+    _write_shards(folder, 300, 100, k)
+    out = tmp_path / "selected.parquet"
+    filter_balance_shards(folder, out, 10, 0.3, 40, True, seed=7)
+    ids = _pool(300)[0]
+    # the pool in another order than the predictions, with one id twice: the last occurrence wins, as in a dict
+    order = np.random.default_rng(1).permutation(300)
+    pool_ids = np.concatenate([ids[order], ids[order[:1]]])
+    pool = ImageSet(np.zeros((301, 2, 2), np.uint8), np.zeros(301, np.int64), pool_ids, np.full(301, "x"))
+    rows, targets, stats = student_targets(out, pool, 10, mode)
+    want_rows, want_targets, copies_sum, probs_sum = _old_student_join(pq.read_table(out), pool_ids, mode)
+    np.testing.assert_array_equal(rows, want_rows)
+    np.testing.assert_array_equal(targets, want_targets)
+    assert rows.dtype == np.int64 and targets.dtype == np.float32 and targets.shape == (len(rows), 10)
+    assert stats == {
+        "pseudo_labeled_rows": len(want_rows),
+        "pseudo_labeled_unique": pq.read_table(out).num_rows,
+        "copies_sum": copies_sum,
+        "probs_sum": probs_sum,
+    }
+
+
+def test_student_targets_name_the_file_on_bad_input(tmp_path: Path) -> None:
+    folder = tmp_path / "predictions"
+    _write_shards(folder, 100, 100, None)
+    ids = _pool(100)[0]
+    pool = ImageSet(np.zeros((100, 2, 2), np.uint8), np.zeros(100, np.int64), ids, np.full(100, "x"))
+    with pytest.raises(FileNotFoundError, match=r"nope\.parquet: .*run `filter-balance` first"):
+        student_targets(tmp_path / "nope.parquet", pool, 10, "soft")
+    empty = tmp_path / "empty.parquet"
+    filter_balance_shards(folder, empty, 10, 1.1, 40, True, seed=0)  # threshold above every confidence
+    with pytest.raises(ValueError, match=r"empty\.parquet: no pseudo-labeled image passed .*threshold=1\.1"):
+        student_targets(empty, pool, 10, "soft", threshold=1.1)
+    selected = tmp_path / "selected.parquet"
+    filter_balance_shards(folder, selected, 10, 0.0, 40, False, seed=0)
+    smaller = ImageSet(pool.images[2:], pool.labels[2:], pool.ids[2:], pool.source[2:])
+    with pytest.raises(ValueError, match=r"selected\.parquet: 2 ids not in the unlabeled pool"):
+        student_targets(selected, smaller, 10, "soft")
+
+
+def test_pool_positions() -> None:
+    pool_ids = np.array([30, 10, 20, 10], dtype=np.int64)
+    np.testing.assert_array_equal(pool_positions(pool_ids, np.array([10, 20, 30, 40, 5])), [3, 2, 0, -1, -1])
+    np.testing.assert_array_equal(pool_positions(pool_ids[:0], np.array([1])), [-1])
+
+
+@pytest.mark.parametrize("all_unknown", [False, True])
+def test_filter_balance_reports_out_of_domain_and_selected_accuracy(tmp_path: Path, all_unknown: bool) -> None:
+    folder = tmp_path / "predictions"
+    _write_shards(folder, 400, 128, None)
+    table = pq.read_table(folder)
+    if all_unknown:  # data.source folders: no label is known, so there is no in/out-of-domain split
+        table = table.set_column(2, "label", pa.array(np.full(400, -1, dtype=np.int64)))
+        folder = tmp_path / "unknown"
+        folder.mkdir()
+        pq.write_table(table, folder / "part-00000.parquet")
+    result = filter_balance(folder, tmp_path / "selected.parquet", FilterParams(confidence_threshold=0.3), seed=7)
+    rows, copies, stats = select_rows(
+        table["pred"].to_numpy(), table["confidence"].to_numpy(), 10, 0.3, FilterParams().images_per_class, True, 7
+    )
+    label, pred = table["label"].to_numpy(), table["pred"].to_numpy()
+    assert list(result.stats) == [
+        "rows_in",
+        "dropped_low_confidence",
+        "unique",
+        "total",
+        "out_of_domain_in",
+        "out_of_domain_kept",
+        "out_of_domain_dropped",
+        "selected_pseudo_label_accuracy",
+    ]
+    assert result.per_class.to_dict("records") == stats["per_class"]
+    np.testing.assert_array_equal(result.out_of_domain, label < 0)
+    if all_unknown:
+        assert all(np.isnan(result.stats[k]) for k in list(result.stats)[4:])
+    else:
+        ood = label[rows] < 0
+        assert result.stats["out_of_domain_in"] == (label < 0).sum()
+        assert result.stats["out_of_domain_kept"] == ood.sum()
+        assert result.stats["selected_pseudo_label_accuracy"] == (pred[rows[~ood]] == label[rows[~ood]]).mean()
+    assert "out-of-domain dropped" in result.summary

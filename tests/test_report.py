@@ -13,7 +13,10 @@ import pytest
 import yaml
 from mlflow.entities import Metric, Param
 
-from noisy_student.report_tables import (
+from noisy_student.config import load_params
+from noisy_student.report.build import write_report
+from noisy_student.report.history import mlflow_runs, training_histories
+from noisy_student.report.tables import (
     ablation_table,
     iteration_table,
     natural_key,
@@ -21,7 +24,7 @@ from noisy_student.report_tables import (
     param_diff,
     summary_table,
 )
-from stages import report
+from noisy_student.tracking import tracking_uri
 from tests.conftest import ROOT
 
 # ---------------------------------------------------------------- pure functions
@@ -238,8 +241,14 @@ def test_report_entry_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("MPLBACKEND", "Agg")
 
     out = tmp_path / "reports" / "report.md"
-    report.main(
-        metrics=metrics, out=out, plots=None, mlflow_history=True, baseline="workspace", params_file=params_file
+    write_report(
+        metrics=metrics,
+        params=load_params(params_file),
+        uri=tracking_uri(),
+        out=out,
+        plots=None,
+        mlflow_history=True,
+        baseline="workspace",
     )
 
     text = out.read_text()
@@ -273,13 +282,14 @@ def test_report_without_a_store_writes_every_output(tmp_path: Path, monkeypatch:
     metrics = _metrics_folder(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'absent.db'}")
     out = tmp_path / "report.md"
-    report.main(
+    write_report(
         metrics=metrics,
+        params=load_params(ROOT / "params.yaml"),
+        uri=tracking_uri(),
         out=out,
         plots=None,
         mlflow_history=True,
         baseline="workspace",
-        params_file=ROOT / "params.yaml",
     )
     assert not (tmp_path / "absent.db").exists()
     assert all((tmp_path / f"{name}.png").is_file() for name in ("ablations", "accuracy", "curves"))
@@ -302,8 +312,8 @@ def test_training_histories_take_the_latest_run_of_each_experiment(tmp_path: Pat
     # a rerun of the baseline's student: only its curve may be drawn
     rerun = client.create_run(exp_id, start_time=5000, tags={"dvc_exp": "workspace"}, run_name="student@it1")
     client.log_batch(rerun.info.run_id, metrics=[Metric("test_top1", 0.9, 5000, 3), Metric("test_top1", 0.9, 5000, 0)])
-    runs = report.mlflow_runs(uri, "noisy-student")
-    hist = report.training_histories(uri, runs)
+    runs = mlflow_runs(uri, "noisy-student")
+    hist = training_histories(uri, runs)
     assert set(hist["run_name"]) == {"student@it1"}  # eval runs are not training runs
     workspace = hist[hist["dvc_exp"] == "workspace"]
     assert list(workspace["epoch"]) == [3] and workspace["top1"].tolist() == pytest.approx([90.0])  # step 0 dropped

@@ -20,7 +20,8 @@ from typer.testing import CliRunner
 
 from noisy_student.config import ModelParams
 from noisy_student.models import create_classifier, save_checkpoint
-from noisy_student.plots import fgsm_comparison
+from noisy_student.paths import fgsm_curve
+from noisy_student.report.charts import fgsm_comparison
 from noisy_student.robustness import ALEXNET_IMAGENET_C_ERRORS, read_class_list
 from stages.__main__ import app
 
@@ -216,7 +217,9 @@ def test_class_index_file_formats(tmp_path: Path) -> None:
 
 def test_fgsm_comparison_draws_every_model(tmp_path: Path) -> None:
     for name, top1 in (("teacher", [0.9, 0.5]), ("it1", [0.9, 0.6]), ("it2", [0.92, 0.7])):
-        (tmp_path / f"fgsm-{name}.csv").write_text(f"epsilon,top1\n0,{top1[0]}\n8,{top1[1]}\n")
+        curve = fgsm_curve(name, metrics=tmp_path)
+        curve.parent.mkdir(parents=True, exist_ok=True)
+        curve.write_text(f"epsilon,top1\n0,{top1[0]}\n8,{top1[1]}\n")
     png = tmp_path / "fgsm.png"
     assert fgsm_comparison(tmp_path, png) == ["it1", "it2", "teacher"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

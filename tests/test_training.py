@@ -5,11 +5,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from noisy_student.config import ModelParams, NoiseParams, OptimParams
+from noisy_student.config import ModelParams, OptimParams, StudentNoiseParams
 from noisy_student.models import create_classifier
-from noisy_student.training import TrainData, joint_loss, one_hot, seed_everything, train_classifier
+from noisy_student.seeds import seed_everything
+from noisy_student.training import TrainData, joint_loss, one_hot, train_classifier
 
-NOISE = NoiseParams(randaugment_num_ops=1, randaugment_magnitude=5, dropout=0.1, stochastic_depth=0.1)
+NOISE = StudentNoiseParams(randaugment_num_ops=1, randaugment_magnitude=5, dropout=0.1, stochastic_depth=0.1)
 
 
 def _data() -> TrainData:

@@ -71,7 +71,7 @@ class DataParams(_Section):
 
 
 class NoiseParams(_Section):
-    """The noise of one trained model (paper section 3: input + model noise).
+    """The noise a model is trained with (paper section 3: input + model noise); the teacher's shape.
 
     ``stochastic_depth`` is the drop probability at the LAST block (1 - survival);
     earlier blocks get linearly less (timm's ``drop_path_rate`` rule).
@@ -88,8 +88,19 @@ class NoiseParams(_Section):
     hflip: bool = True
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
     stochastic_depth: float = Field(0.2, ge=0.0, lt=1.0)
-    # Table 6 ablations (student only): switch the noise off for the pseudo-labeled
-    # images while the labeled images keep it.
+
+
+# keys of StudentNoiseParams that mean nothing for a model trained on labeled images only
+PSEUDO_LABEL_NOISE_KEYS = ("unlabeled_augment", "unlabeled_model_noise")
+
+
+class StudentNoiseParams(NoiseParams):
+    """The student's noise: the same fields as the teacher's, plus Table 6's ablation switches.
+
+    The switches turn the noise off for the pseudo-labeled images only, while the
+    labeled images keep it.
+    """
+
     unlabeled_augment: bool = True  # crop + flip + RandAugment on pseudo-labeled images
     unlabeled_model_noise: bool = True  # dropout + stochastic depth in their forward pass
 
@@ -259,7 +270,7 @@ class Params(_Section):
     device: Literal["auto", "cpu", "cuda", "xla"] = "auto"
     data: DataParams = DataParams()
     teacher: TeacherParams = TeacherParams()
-    noise: NoiseParams = NoiseParams()
+    noise: StudentNoiseParams = StudentNoiseParams()
     pseudo_labels: PseudoLabelParams = PseudoLabelParams()
     filter: FilterParams = FilterParams()
     student: StudentParams = StudentParams()
@@ -319,6 +330,11 @@ def _describe(err: dict[str, Any]) -> str:
     key = ".".join(str(p) for p in err["loc"]) or "<root>"
     got = err.get("input")
     msg = err["msg"]
+    if err["type"] == "extra_forbidden" and err["loc"][-1] in PSEUDO_LABEL_NOISE_KEYS and "teacher" in err["loc"]:
+        return (
+            f"key '{key}': applies to pseudo-labeled images, which only the student sees; set it in the "
+            f"student's noise (noise.{err['loc'][-1]}) and remove it from teacher.noise"
+        )
     if err["type"] == "extra_forbidden":
         return f"unknown key '{key}' (check the spelling; allowed keys are the ones in the default params.yaml)"
     return f"key '{key}': got {got!r}; expected: {msg}"

@@ -70,3 +70,11 @@ def predict_logits(
             outs.append(model(x).float().cpu())
     model.train(was_training)
     return torch.cat(outs).numpy() if outs else np.zeros((0, 0), np.float32)
+
+
+def evaluate_classifier(
+    model: nn.Module, images: np.ndarray, labels: np.ndarray, batch_size: int, device: torch.device, desc: str = "eval"
+) -> dict[str, float]:
+    """Clean top-1 / top-5 (fractions 0..1) of ``model`` on uint8 ``images`` ``(N, H, W[, C])`` with ``labels``."""
+    logits = predict_logits(model.to(device), images_tensor(images), batch_size, device, desc=desc)
+    return topk_accuracy(logits, labels)

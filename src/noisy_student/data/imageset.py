@@ -9,9 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from noisy_student.io import atomic_path, write_json
-
-# Beside labeled/unlabeled/test.npz: the class names, list index = class index (= model logit).
-CLASSES_FILE = "classes.json"
+from noisy_student.paths import CLASSES_FILE
 
 
 @dataclass(frozen=True)
@@ -39,9 +37,6 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.images)
 
-    def subset(self, index: np.ndarray) -> ImageSet:
-        return ImageSet(self.images[index], self.labels[index], self.ids[index], self.source[index])
-
     @property
     def channels(self) -> int:
         return 1 if self.images.ndim == 3 else int(self.images.shape[-1])
@@ -61,6 +56,7 @@ def save_imageset(path: str | Path, data: ImageSet) -> None:
 
 
 def load_imageset(path: str | Path) -> ImageSet:
+    """Read an image set written by :func:`save_imageset`; a missing file says which stage makes it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: image set not found (run the 'prepare' stage first: dvc repro prepare)")
@@ -82,3 +78,21 @@ def load_classes(folder: str | Path) -> list[str] | None:
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise ValueError(f"{path}: expected a JSON list of class names")
     return names
+
+
+def class_count(folder: str | Path, *labels: np.ndarray) -> int:
+    """Number of classes of a prepared data ``folder``: the names ``prepare`` stored there, else the largest label + 1.
+
+    ``labels`` are ``(N,)`` class-index arrays (e.g. the labeled and test sets'); -1 (unknown) is ignored.
+    The fallback serves folders prepared before ``classes.json`` was written; it undercounts classes no
+    given set holds, which is why ``prepare`` stores the names.
+    """
+    names = load_classes(folder)
+    if names:
+        return len(names)
+    known = [int(y.max()) for y in labels if len(y) and y.max() >= 0]
+    if not known:
+        raise ValueError(
+            f"{Path(folder) / CLASSES_FILE}: no class names stored, and no known label (>= 0) to count classes from"
+        )
+    return max(known) + 1

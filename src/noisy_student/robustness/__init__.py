@@ -4,7 +4,12 @@
 - ``perturbations``: ImageNet-P style perturbation sequences;
 - ``attacks``: FGSM and PGD in 0..1 pixel space, accuracy under attack;
 - ``metrics``: mCE / relative mCE, flip probability / mFR, top-5 distance / mT5D, ImageNet-A masking;
-- ``loaders``: readers for the released ImageNet-A/-C/-P folder layouts.
+- ``loaders``: readers for the released ImageNet-A/-C/-P folder layouts;
+- ``build``: the embedded -C/-P/-A test sets and their reference model (stage ``robustness-data``);
+- ``evaluate``: one model on the embedded sets, the released benchmarks and the attacks (stages ``eval-*``).
+
+``build`` and ``evaluate`` are imported as modules, not re-exported here: they pull in scikit-learn,
+the model code and pandas, which the pure functions above do not need.
 """
 
 from noisy_student.robustness.attacks import ATTACKS, accuracy_under_attack, fgsm, pgd

@@ -16,9 +16,10 @@ installed (``pip install av``). Without it, reading an ``.mp4`` raises ``VideoDe
 the file and the two fixes: install PyAV, or extract the frames once, e.g.
 ``ffmpeg -i name.mp4 name/%03d.png``, into the frame-folder layout above.
 
-Every reader resizes each image to ``size`` (an int for square, or (H, W): the model's input
-resolution) with PIL's antialiased bilinear filter, converts to ``channels`` = 1 (PIL "L") or 3
-("RGB"), and returns uint8 ``(N, C, H, W)`` tensors. With ``crop_fraction`` (e.g. 0.875, the usual
+Every reader decodes with ``noisy_student.data.images`` (EXIF orientation, 16-bit and transparency
+handled there), converts to ``channels`` = 1 (PIL "L") or 3 ("RGB") and resizes to ``size`` (an int
+for square, or (H, W): the model's input resolution) with PIL's antialiased bilinear filter,
+returning uint8 ``(N, C, H, W)`` tensors. With ``crop_fraction`` (e.g. 0.875, the usual
 Resize(256) + CenterCrop(224)) the shorter side is first resized to size / crop_fraction and the
 centre is cropped; by default the image is resized straight to ``size``. Labels are int64 indices
 into the class list (wnids) the caller's model was trained with.
@@ -28,8 +29,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -38,12 +38,14 @@ import torch
 import torchvision
 from PIL import Image
 
+from noisy_student.data.images import Fit, ImageSize, decode_image, image_hw, prepare_image
+from noisy_student.paths import natural_key
 from noisy_student.robustness.corruptions import CORRUPTIONS, SEVERITIES
 from noisy_student.robustness.perturbations import EXTRA_PERTURBATIONS, PERTURBATIONS
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff"})
 VIDEO_EXTENSIONS: frozenset[str] = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm"})
-Size = int | tuple[int, int]
+Size = ImageSize  # side of a square, or (height, width), in pixels
 
 
 class LayoutError(FileNotFoundError):
@@ -54,48 +56,20 @@ class VideoDecodingError(RuntimeError):
     """An ImageNet-P video could not be decoded; the message names the file and the fix."""
 
 
-def _hw(size: Size) -> tuple[int, int]:
-    h, w = (size, size) if isinstance(size, int) else size
-    if h < 1 or w < 1:
-        raise ValueError(f"size must be positive, got {size}")
-    return int(h), int(w)
+def _fit(crop_fraction: float | None) -> tuple[Fit, float]:
+    """The decoder's fit for a ``crop_fraction`` param: None resizes straight to the size."""
+    return ("stretch", 1.0) if crop_fraction is None else ("crop", crop_fraction)
 
 
-def _mode(channels: int) -> str:
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
-    return "L" if channels == 1 else "RGB"
-
-
-def _natural_key(name: str) -> list[int | str]:
-    """Sort key that orders frame_2 before frame_10."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
-
-
-def prepare_image(image: Image.Image, size: Size, channels: int, crop_fraction: float | None = None) -> np.ndarray:
-    """A PIL image as uint8 ``(C, H, W)``: colour-converted, optionally centre-cropped, resized."""
-    h, w = _hw(size)
-    image = image.convert(_mode(channels))
-    if crop_fraction is not None:
-        if not 0.0 < crop_fraction <= 1.0:
-            raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
-        # resize so that the crop of size (h, w) is crop_fraction of the shorter side
-        factor = max(h, w) / crop_fraction / min(image.size)
-        resized = (max(w, round(image.width * factor)), max(h, round(image.height * factor)))
-        image = image.resize(resized, Image.Resampling.BILINEAR)
-        left, top = (image.width - w) // 2, (image.height - h) // 2
-        image = image.crop((left, top, left + w, top + h))
-    elif image.size != (w, h):
-        image = image.resize((w, h), Image.Resampling.BILINEAR)
-    array = np.asarray(image, dtype=np.uint8)
+def _channels_first(array: np.ndarray) -> np.ndarray:
+    """uint8 ``(H, W)`` or ``(H, W, C)`` -> ``(C, H, W)``."""
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
 def read_image(path: Path, size: Size, channels: int, crop_fraction: float | None = None) -> np.ndarray:
-    """Decode one image file to uint8 ``(C, H, W)`` (see :func:`prepare_image`)."""
+    """Decode one image file to uint8 ``(C, H, W)`` (see the module docstring)."""
     try:
-        with Image.open(path) as image:
-            return prepare_image(image, size, channels, crop_fraction)
+        return _channels_first(decode_image(path, size, channels, *_fit(crop_fraction)))
     except (OSError, SyntaxError) as err:
         raise OSError(f"{path}: cannot read image ({err})") from err
 
@@ -103,7 +77,7 @@ def read_image(path: Path, size: Size, channels: int, crop_fraction: float | Non
 def _read_many(
     paths: Sequence[Path], size: Size, channels: int, crop_fraction: float | None, workers: int | None
 ) -> torch.Tensor:
-    h, w = _hw(size)
+    h, w = image_hw(size)
     if not paths:
         return torch.zeros((0, channels, h, w), dtype=torch.uint8)
     workers = workers or min(8, os.cpu_count() or 1)
@@ -120,7 +94,7 @@ def _subdirs(path: Path) -> list[Path]:
 def _files(path: Path, extensions: frozenset[str]) -> list[Path]:
     return sorted(
         (p for p in path.iterdir() if p.is_file() and p.suffix.lower() in extensions),
-        key=lambda p: _natural_key(p.name),
+        key=lambda p: natural_key(p.name),
     )
 
 
@@ -175,10 +149,29 @@ def read_class_list(path: str | Path) -> list[str]:
     return wnids
 
 
+def _image_files(folder: Path) -> list[Path]:
+    return _files(folder, IMAGE_EXTENSIONS)
+
+
+# what a class folder of an image benchmark holds, and the error when it holds none of it
+_IMAGES: tuple[Callable[[Path], list[Path]], str] = (
+    _image_files,
+    f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}); layout",
+)
+
+
 def _class_folder_samples(
-    root: Path, wnids: Sequence[str] | None, layout: str, max_per_class: int | None
+    root: Path,
+    wnids: Sequence[str] | None,
+    layout: str,
+    max_per_class: int | None,
+    members: tuple[Callable[[Path], list[Path]], str] = _IMAGES,
 ) -> tuple[list[Path], list[int], list[str]]:
-    """Image paths, labels and the class list of a ``root/<wnid>/<image>`` folder."""
+    """Sample paths, labels and the class list of a ``root/<wnid>/<sample>`` folder.
+
+    ``members``: the function listing the samples of one class folder (images by default; videos
+    and frame folders for ImageNet-P) and the error text for a class folder without any.
+    """
     if not root.is_dir():
         raise LayoutError(f"{root}: folder not found; expected layout {layout}")
     folders = _subdirs(root)
@@ -186,6 +179,7 @@ def _class_folder_samples(
         raise LayoutError(f"{root}: no class folders; expected layout {layout}")
     classes = list(wnids) if wnids is not None else [f.name for f in folders]
     index = class_index(classes)
+    list_members, missing = members
     paths: list[Path] = []
     labels: list[int] = []
     for folder in folders:
@@ -194,13 +188,40 @@ def _class_folder_samples(
                 f"{folder}: class folder '{folder.name}' is not in the given class list "
                 f"({len(classes)} wnids); expected layout {layout}"
             )
-        files = _files(folder, IMAGE_EXTENSIONS)
+        files = list_members(folder)
         if not files:
-            raise LayoutError(f"{folder}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}); layout {layout}")
+            raise LayoutError(f"{folder}: {missing} {layout}")
         files = files[:max_per_class] if max_per_class is not None else files
         paths += files
         labels += [index[folder.name]] * len(files)
     return paths, labels, classes
+
+
+def _benchmark_sets(
+    root: Path,
+    names: Sequence[str] | None,
+    benchmark: str,
+    layout: str,
+    standard: Sequence[str],
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """The set folders of a benchmark to read under ``root``: ``names``, else every known one present.
+
+    ``standard`` (the benchmark's own sets, named in the error when none is present) and ``extra``
+    (optional ones) are searched in that order; ``benchmark`` names them in errors.
+    """
+    if not root.is_dir():
+        raise LayoutError(f"{root}: folder not found; expected layout {layout}")
+    if names is not None:
+        return list(names)
+    present = [name for name in (*standard, *extra) if (root / name).is_dir()]
+    if not present:
+        found = [p.name for p in _subdirs(root)][:10]
+        raise LayoutError(
+            f"{root}: none of the {benchmark} folders ({', '.join(standard)}) found "
+            f"(found: {found}); expected layout {layout}"
+        )
+    return present
 
 
 def load_image_folder(
@@ -278,23 +299,11 @@ def iter_imagenet_c(
     """
     layout = "root/<corruption>/<severity 1..5>/<wnid>/<image>.JPEG"
     root = Path(root)
-    if not root.is_dir():
-        raise LayoutError(f"{root}: folder not found; expected layout {layout}")
-    if corruptions is None:
-        corruptions = [c for c in CORRUPTIONS if (root / c).is_dir()]
-        if not corruptions:
-            found = [p.name for p in _subdirs(root)][:10]
-            raise LayoutError(
-                f"{root}: none of the ImageNet-C corruption folders ({', '.join(CORRUPTIONS)}) found "
-                f"(found: {found}); expected layout {layout}"
-            )
-    for corruption in corruptions:
+    for corruption in _benchmark_sets(root, corruptions, "ImageNet-C corruption", layout, CORRUPTIONS):
         for severity in severities:
-            folder = root / corruption / str(severity)
-            if not folder.is_dir():
-                raise LayoutError(f"{folder}: folder not found; expected layout {layout}")
-            paths, labels, classes = _class_folder_samples(folder, wnids, layout, max_per_class)
-            wnids = classes
+            paths, labels, wnids = _class_folder_samples(
+                root / corruption / str(severity), wnids, layout, max_per_class
+            )
             images = _read_many(paths, size, channels, crop_fraction, workers)
             yield corruption, severity, images, torch.tensor(labels, dtype=torch.int64)
 
@@ -331,7 +340,8 @@ def read_sequence(
     images = _pyav_frames(path)
     if not images:
         raise VideoDecodingError(f"{path}: the video has no frames")
-    return torch.from_numpy(np.stack([prepare_image(im, size, channels, crop_fraction) for im in images]))
+    frames = [_channels_first(prepare_image(im, size, channels, *_fit(crop_fraction))) for im in images]
+    return torch.from_numpy(np.stack(frames))
 
 
 def _sequences(class_folder: Path) -> list[Path]:
@@ -342,7 +352,10 @@ def _sequences(class_folder: Path) -> list[Path]:
             by_stem[path.name] = path
         elif path.suffix.lower() in VIDEO_EXTENSIONS and path.stem not in by_stem:
             by_stem[path.stem] = path
-    return sorted(by_stem.values(), key=lambda p: _natural_key(p.name))
+    return sorted(by_stem.values(), key=lambda p: natural_key(p.name))
+
+
+_VIDEOS: tuple[Callable[[Path], list[Path]], str] = (_sequences, "no videos or frame folders; expected layout")
 
 
 def iter_imagenet_p(
@@ -365,40 +378,16 @@ def iter_imagenet_p(
     """
     layout = "root/<perturbation>/<wnid>/<name>.mp4 (or root/<perturbation>/<wnid>/<name>/<frame>.png)"
     root = Path(root)
-    if not root.is_dir():
-        raise LayoutError(f"{root}: folder not found; expected layout {layout}")
-    if perturbations is None:
-        perturbations = [p for p in PERTURBATIONS + EXTRA_PERTURBATIONS if (root / p).is_dir()]
-        if not perturbations:
-            found = [p.name for p in _subdirs(root)][:10]
-            raise LayoutError(
-                f"{root}: none of the ImageNet-P perturbation folders ({', '.join(PERTURBATIONS)}) found "
-                f"(found: {found}); expected layout {layout}"
-            )
-    for perturbation in perturbations:
-        folder = root / perturbation
-        if not folder.is_dir():
-            raise LayoutError(f"{folder}: folder not found; expected layout {layout}")
-        classes = list(wnids) if wnids is not None else [f.name for f in _subdirs(folder)]
-        index = class_index(classes)
+    found = _benchmark_sets(root, perturbations, "ImageNet-P perturbation", layout, PERTURBATIONS, EXTRA_PERTURBATIONS)
+    for perturbation in found:
+        sequences, labels, wnids = _class_folder_samples(root / perturbation, wnids, layout, max_per_class, _VIDEOS)
         videos: list[torch.Tensor] = []
-        labels: list[int] = []
-        for class_folder in _subdirs(folder):
-            if class_folder.name not in index:
-                raise LayoutError(f"{class_folder}: '{class_folder.name}' is not in the class list; layout {layout}")
-            sequences = _sequences(class_folder)
-            if not sequences:
-                raise LayoutError(f"{class_folder}: no videos or frame folders; expected layout {layout}")
-            for sequence in sequences[:max_per_class] if max_per_class is not None else sequences:
-                clip = read_sequence(sequence, size, channels, crop_fraction, workers)
-                if videos and clip.shape[0] != videos[0].shape[0]:
-                    raise ValueError(
-                        f"{sequence}: {clip.shape[0]} frames, but earlier sequences of '{perturbation}' have "
-                        f"{videos[0].shape[0]}; sequences must have equal length"
-                    )
-                videos.append(clip)
-                labels.append(index[class_folder.name])
-        if not videos:
-            raise LayoutError(f"{folder}: no class folders; expected layout {layout}")
-        wnids = classes
+        for sequence in sequences:
+            clip = read_sequence(sequence, size, channels, crop_fraction, workers)
+            if videos and clip.shape[0] != videos[0].shape[0]:
+                raise ValueError(
+                    f"{sequence}: {clip.shape[0]} frames, but earlier sequences of '{perturbation}' have "
+                    f"{videos[0].shape[0]}; sequences must have equal length"
+                )
+            videos.append(clip)
         yield perturbation, torch.stack(videos), torch.tensor(labels, dtype=torch.int64)

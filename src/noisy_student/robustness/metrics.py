@@ -66,6 +66,9 @@ ALEXNET_CLEAN_ERROR: float = 0.4348
 # written. Rather than guess, the baseline of the released ImageNet-P is given as a JSON file
 # (params: robustness.p_baseline_file) and passed to `mfr` / `mt5d`.
 
+# top5_distance ranks the top 5 classes of a frame: undefined for a classifier with fewer classes
+TOP5_MIN_CLASSES = 5
+
 Errors = Mapping[str, Mapping[int, float]]
 Baseline = Mapping[str, Mapping[int, float] | float]
 
@@ -182,6 +185,42 @@ def mce(
     return out
 
 
+def _baseline_mean(baseline: Mapping[int, float] | float) -> float:
+    """Mean error of a baseline entry: per severity, or already a mean over severities 1..5."""
+    return float(np.mean(list(baseline.values()))) if isinstance(baseline, Mapping) else float(baseline)
+
+
+def mce_summary(
+    errors: Errors,
+    baseline: Baseline = ALEXNET_IMAGENET_C_ERRORS,
+    clean_error: float | None = None,
+    baseline_clean_error: float = ALEXNET_CLEAN_ERROR,
+) -> dict[str, float]:
+    """:func:`mce` over the corruptions where each score is defined, with the counts of those kept.
+
+    CE is undefined where the baseline makes no error at all (possible on small embedded sets):
+    such corruptions are left out of ``mce`` and ``ce_<c>``. Relative CE (only with
+    ``clean_error``) is also undefined where the baseline is not hurt by a corruption (its mean
+    corrupted error <= ``baseline_clean_error``): those are left out of ``relative_mce`` too.
+    ``corrupted_top1`` (0..1) always covers every corruption and severity of ``errors``. Keys: those
+    of :func:`mce` that are defined, plus ``mce_corruptions`` and ``relative_mce_corruptions`` (counts;
+    0 relative ones without ``clean_error``).
+    """
+    scored = {c: e for c, e in errors.items() if _baseline_mean(baseline[c]) > 0}
+    summary = mce(scored, baseline) if scored else {}
+    all_errors = [e for by_severity in errors.values() for e in by_severity.values()]
+    summary["corrupted_top1"] = 1.0 - float(np.mean(all_errors))
+    summary["mce_corruptions"] = len(scored)
+    hurt: dict[str, Mapping[int, float]] = {}
+    if clean_error is not None:
+        hurt = {c: e for c, e in scored.items() if _baseline_mean(baseline[c]) > baseline_clean_error}
+    if hurt:
+        rel = mce(hurt, baseline, clean_error, baseline_clean_error)
+        summary.update({k: v for k, v in rel.items() if k.startswith("relative_")})
+    summary["relative_mce_corruptions"] = len(hurt)
+    return summary
+
+
 def _frame_pairs(num_frames: int, noise_sequence: bool) -> tuple[np.ndarray, np.ndarray]:
     """Indices (earlier, later) of the frame pairs compared in a sequence of ``num_frames``."""
     if num_frames < 2:
@@ -226,6 +265,33 @@ def mfr(flip_probs: Mapping[str, float], baseline: Mapping[str, float]) -> dict[
         raise KeyError(f"baseline has no flip probability for {missing}")
     fr = {p: flip_rate(fp, baseline[p]) for p, fp in flip_probs.items()}
     return {"mfr": float(np.mean(list(fr.values()))), **{f"fr_{p}": v for p, v in fr.items()}}
+
+
+def mfr_summary(
+    flip_probs: Mapping[str, float],
+    top5_distances: Mapping[str, float],
+    baseline_fp: Mapping[str, float],
+    baseline_t5d: Mapping[str, float],
+) -> dict[str, float]:
+    """:func:`mfr` and :func:`mt5d` over the perturbations where each is defined, with their counts.
+
+    FR / T5D ratio of a perturbation is undefined where the baseline has no positive value for it
+    (it never flips on it, or it was not measured): such perturbations are left out and counted.
+    Inputs: flip probabilities (0..1) and mean top-5 distances of the model and the baseline, per
+    perturbation. Keys: ``mfr``, ``fr_<p>`` (x100, when any is defined), ``mfr_perturbations``,
+    ``mt5d``, ``t5d_<p>`` (x100, when any is defined), ``mt5d_perturbations``.
+    """
+    # in the baseline's order: the mean then sums in the order the embedded sets always used (bit-identical)
+    fp_scored = {k: flip_probs[k] for k, v in baseline_fp.items() if v > 0 and k in flip_probs}
+    t5_scored = {k: top5_distances[k] for k, v in baseline_t5d.items() if v > 0 and k in top5_distances}
+    summary: dict[str, float] = {}
+    if fp_scored:
+        summary.update(mfr(fp_scored, baseline_fp))
+    summary["mfr_perturbations"] = len(fp_scored)
+    if t5_scored:
+        summary.update(mt5d(t5_scored, baseline_t5d))
+    summary["mt5d_perturbations"] = len(t5_scored)
+    return summary
 
 
 def _ranks(logits: np.ndarray) -> np.ndarray:

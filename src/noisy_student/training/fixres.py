@@ -18,7 +18,7 @@ from timm.utils import freeze, unfreeze
 
 from noisy_student.config import FixResParams, NoiseParams, OptimParams
 from noisy_student.models import ImageClassifier, model_noise_off, shallow_modules
-from noisy_student.training import EvalFn, TrainData, train_classifier
+from noisy_student.training.loop import EvalFn, TrainData, train_classifier
 
 # no crop, flip or RandAugment: the paper finetunes on unaugmented images
 NO_AUGMENT = NoiseParams(randaugment_num_ops=0, crop_padding=0, hflip=False, dropout=0.0, stochastic_depth=0.0)

@@ -1,7 +1,8 @@
 """The report's tables as pure functions: DataFrames in, DataFrames out (no files, no MLflow).
 
-``stages/report.py`` gathers the inputs (metrics JSON files, params, MLflow runs) and writes the
-Markdown and PNGs; everything that decides what a number means lives here, testable on hand-made frames.
+:mod:`noisy_student.report.inputs` and :mod:`noisy_student.report.history` gather the inputs (metrics
+JSON files, params, MLflow runs), :mod:`noisy_student.report.build` writes the Markdown and PNGs;
+everything that decides what a number means lives here, testable on hand-made frames.
 
 Accuracies come in as fractions (0..1, as the stages write them) and leave as percentages.
 """
@@ -9,11 +10,12 @@ Accuracies come in as fractions (0..1, as the stages write them) and leave as pe
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pandas as pd
+
+from noisy_student.paths import TEACHER, model_run_names, natural_key, parse_run_name
 
 NAN = float("nan")
 BASELINE = "workspace"  # the dvc_exp tag of runs made by a plain `dvc repro` (no DVC experiment)
@@ -29,15 +31,11 @@ def _pct(value: Any) -> float:
 
 
 def _num(value: Any) -> float:
+    """Anything numeric -> float; missing or non-numeric -> NaN (a gap in the table)."""
     try:
         return float(value)
     except (TypeError, ValueError):
         return NAN
-
-
-def natural_key(name: str) -> tuple[Any, ...]:
-    """Sort key that puts it2 before it10 (plain string order would not)."""
-    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(name)))
 
 
 def summary_table(models: pd.DataFrame, epsilons: Sequence[float], experiment: str = BASELINE) -> pd.DataFrame:
@@ -70,6 +68,7 @@ def summary_table(models: pd.DataFrame, epsilons: Sequence[float], experiment: s
 
 
 def _isnan(value: Any) -> bool:
+    """True only for a float NaN (strings, None and numbers are not)."""
     return isinstance(value, float) and math.isnan(value)
 
 
@@ -119,7 +118,7 @@ def _eval_top1(runs: pd.DataFrame, model: str) -> float:
     The fallback keeps experiments whose run stopped after training (or that targeted only the student)
     in the table: the training stages evaluate the same test set at their last epoch.
     """
-    for name in (f"eval@{model}", "teacher" if model == "teacher" else f"student@{model}"):
+    for name in model_run_names(model):
         hit = _latest_per_name(runs[runs["run_name"] == name])
         if len(hit) and not _isnan(_num(hit["top1"].iloc[-1])):
             return _num(hit["top1"].iloc[-1])
@@ -128,8 +127,9 @@ def _eval_top1(runs: pd.DataFrame, model: str) -> float:
 
 def _last_student(runs: pd.DataFrame) -> str | None:
     """The latest iteration evaluated in the group (it2 over it1): the one an ablation is about."""
-    names = [str(n).split("@", 1)[1] for n in runs["run_name"] if str(n).startswith(("eval@", "student@"))]
-    students = sorted({n for n in names if n != "teacher"}, key=natural_key)
+    parsed = [parse_run_name(str(n)) for n in runs["run_name"]]
+    names = [target for stage, target in parsed if stage in ("eval", "student") and target is not None]
+    students = sorted({n for n in names if n != TEACHER}, key=natural_key)
     return students[-1] if students else None
 
 
@@ -180,9 +180,9 @@ def ablation_table(
     groups = {name: g for name, g in runs.groupby("dvc_exp", sort=False)}
     base_runs = groups.get(baseline, runs.iloc[0:0])
     base_params = dict(defaults) if defaults else (_merged_params(base_runs) if len(base_runs) else {})
-    base_teacher = _eval_top1(base_runs, "teacher") if len(base_runs) else NAN
-    if baseline_top1 and "teacher" in baseline_top1:
-        base_teacher = baseline_top1["teacher"]
+    base_teacher = _eval_top1(base_runs, TEACHER) if len(base_runs) else NAN
+    if baseline_top1 and TEACHER in baseline_top1:
+        base_teacher = baseline_top1[TEACHER]
     if baseline_top1 and baseline not in groups:
         groups[baseline] = runs.iloc[0:0]
     first_seen = {name: g["start_time"].min() if len(g) else 0 for name, g in groups.items()}
@@ -191,13 +191,13 @@ def ablation_table(
     for name in order:
         group = groups[name]
         student = _last_student(group)
-        teacher = _eval_top1(group, "teacher") if name != baseline or not baseline_top1 else base_teacher
+        teacher = _eval_top1(group, TEACHER) if name != baseline or not baseline_top1 else base_teacher
         teacher_from = name
         if _isnan(teacher):
             teacher, teacher_from = base_teacher, baseline if not _isnan(base_teacher) else ""
         student_top1 = _pct(_eval_top1(group, student)) if student else NAN
         if name == baseline and baseline_top1:
-            student = max((m for m in baseline_top1 if m != "teacher"), key=natural_key, default=student)
+            student = max((m for m in baseline_top1 if m != TEACHER), key=natural_key, default=student)
             student_top1 = _pct(baseline_top1.get(student, NAN)) if student else NAN
         hashes = _latest_per_name(group).sort_values("start_time")["params_hash"].dropna()
         rows.append(
@@ -219,14 +219,19 @@ def ablation_table(
 
 
 def ordered_models(names: Iterable[str]) -> list[str]:
-    """teacher first, then iterations in natural order."""
-    return sorted(set(names), key=lambda n: (n != "teacher", natural_key(n)))
+    """Model names, deduplicated: teacher first, then iterations in natural order (it2 before it10)."""
+    return sorted(set(names), key=lambda n: (n != TEACHER, natural_key(n)))
 
 
 def latest_training_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """The latest ``teacher`` / ``student@<it>`` run of every experiment (rows of ``runs``, by start time)."""
     if runs.empty or "run_name" not in runs:
         return runs.iloc[0:0]
-    names = runs["run_name"].astype(str)
-    training = runs[(names == "teacher") | names.str.startswith("student@")]
+    training = runs[runs["run_name"].astype(str).map(_is_training_run)]
     return training.sort_values("start_time").groupby(["dvc_exp", "run_name"], sort=False).tail(1)
+
+
+def _is_training_run(name: str) -> bool:
+    """``teacher`` or ``student@<it>``: the runs that log a test top-1 per epoch (eval runs log one value)."""
+    stage, target = parse_run_name(name)
+    return name == model_run_names(TEACHER)[1] or (stage == "student" and target is not None)

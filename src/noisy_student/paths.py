@@ -1,0 +1,143 @@
+"""Every file and MLflow run name of the pipeline, spelled once.
+
+``dvc.yaml`` is YAML and spells its paths itself; ``tests/test_paths.py``
+checks that every stage it unrolls reads and writes exactly these names.
+Paths are relative to the project root (the DVC workspace).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+PREPARED = Path("data/prepared")
+LABELED = PREPARED / "labeled.npz"
+UNLABELED = PREPARED / "unlabeled.npz"
+TEST = PREPARED / "test.npz"
+CLASSES_FILE = "classes.json"  # inside the prepared folder
+MANIFEST_FILE = "files.csv"  # inside the prepared folder (data.source: folders)
+ROBUSTNESS_DATA = Path("data/robustness")
+MODELS = Path("models")
+METRICS = Path("metrics")
+REPORTS = Path("reports")
+TEACHER = "teacher"  # the first teacher's model name; iterations are named in params.yaml
+
+
+def natural_key(name: str) -> tuple[int | str, ...]:
+    """Sort key for model, file and frame names: ``it2`` before ``it10``, ``frame_2`` before ``Frame_10``.
+
+    ``"It10"`` -> ``("it", 10, "")``: digit runs compare as numbers, the rest case-insensitively.
+    """
+    return tuple(int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", str(name)))
+
+
+def project_root() -> Path:
+    """The project's real root, also from inside a DVC experiment's temporary workspace."""
+    for var in ("NOISY_STUDENT_ROOT", "DVC_ROOT"):
+        if os.environ.get(var):
+            return Path(os.environ[var]).resolve()
+    return Path.cwd().resolve()
+
+
+def checkpoints_dir() -> Path:
+    """Resumable training states, keyed by run, shared by every experiment of the project."""
+    return project_root() / ".checkpoints"
+
+
+def model_file(model: str) -> Path:
+    """Checkpoint of a pipeline model (``teacher`` or an iteration name)."""
+    return MODELS / f"{model}.pt"
+
+
+def predictions_dir(iteration: str) -> Path:
+    return Path("data/pseudo") / iteration / "predictions"
+
+
+def selected_file(iteration: str) -> Path:
+    return Path("data/pseudo") / iteration / "selected.parquet"
+
+
+def training_name(model: str) -> str:
+    """Name of a model's training run in curves files (``teacher``, ``student-it1``)."""
+    return TEACHER if model == TEACHER else f"student-{model}"
+
+
+def metrics_file(stage: str, target: str | None = None, metrics: Path = METRICS) -> Path:
+    """The DVC metrics JSON a stage writes (``target``: the model or iteration it ran for)."""
+    name = {
+        "prepare": "prepare.json",
+        "teacher": "teacher.json",
+        "predict": f"predict-{target}.json",
+        "filter-balance": f"filter-{target}.json",
+        "student": f"student-{target}.json",
+        "eval": f"eval-{target}.json",
+        "robustness-data": "robustness-baseline.json",
+        "eval-A": f"robustness/a-{target}.json",
+        "eval-C": f"robustness/c-{target}.json",
+        "eval-P": f"robustness/p-{target}.json",
+        "eval-FGSM": f"robustness/fgsm-{target}.json",
+    }[stage]
+    return metrics / name
+
+
+def robustness_set_file(kind: str, folder: Path = ROBUSTNESS_DATA) -> Path:
+    """An embedded robustness test set written by ``robustness-data``: ``kind`` ``c``, ``p`` or ``a`` -> ``c.npz``."""
+    return folder / f"{kind}.npz"
+
+
+def robustness_baseline_file(folder: Path = ROBUSTNESS_DATA) -> Path:
+    """The reference model's errors on the embedded robustness sets (CE / FR normalisers), beside the sets."""
+    return folder / "baseline.json"
+
+
+def curves_file(model: str, suffix: str = "csv", metrics: Path = METRICS) -> Path:
+    """Per-epoch training history of a model (``csv``) and its plot (``png``)."""
+    return metrics / "curves" / f"{training_name(model)}.{suffix}"
+
+
+def fgsm_curve(model: str, suffix: str = "csv", metrics: Path = METRICS) -> Path:
+    return metrics / "robustness" / f"fgsm-{model}.{suffix}"
+
+
+def confidence_plot(iteration: str, metrics: Path = METRICS) -> Path:
+    return metrics / "plots" / f"confidence-{iteration}.png"
+
+
+def filter_classes_csv(iteration: str, metrics: Path = METRICS) -> Path:
+    return metrics / "plots" / f"filter-classes-{iteration}.csv"
+
+
+def run_name(stage: str, target: str | None = None) -> str:
+    """MLflow run name of one stage execution: ``teacher``, ``student@it1``, ``eval-C@teacher``."""
+    return f"{stage}@{target}" if target else stage
+
+
+def parse_run_name(name: str) -> tuple[str, str | None]:
+    """Inverse of :func:`run_name`: ``"eval@it1"`` -> ``("eval", "it1")``, ``"teacher"`` -> ``("teacher", None)``."""
+    stage, sep, target = name.partition("@")
+    return stage, (target if sep else None)
+
+
+def model_run_names(model: str) -> tuple[str, str]:
+    """The eval run and the training run of a model, in the order the report prefers their top-1."""
+    return run_name("eval", model), (TEACHER if model == TEACHER else run_name("student", model))
+
+
+def stage_outputs(stage: str, target: str | None = None) -> set[Path]:
+    """Every file or folder a DVC stage writes (``dvc.yaml``'s outs, metrics and plots of that stage)."""
+    training = {model_file(target or TEACHER), curves_file(target or TEACHER), curves_file(target or TEACHER, "png")}
+    outputs: dict[str, set[Path]] = {
+        "prepare": {PREPARED},
+        "teacher": training,
+        "predict": {predictions_dir(str(target))},
+        "filter-balance": {selected_file(str(target)), confidence_plot(str(target)), filter_classes_csv(str(target))},
+        "student": training,
+        "robustness-data": {ROBUSTNESS_DATA},
+        "eval-FGSM": {fgsm_curve(str(target)), fgsm_curve(str(target), "png")},
+        "report": {REPORTS / "report.md", *(REPORTS / f"{n}.png" for n in ("accuracy", "ablations", "fgsm", "curves"))},
+    }
+    written = outputs.get(stage, set())
+    if stage != "report":
+        written = written | {metrics_file(stage, target)}
+    return written

@@ -1,0 +1,124 @@
+"""The whole report: reports/report.md with the summary, per-iteration and ablation tables, plus PNG plots."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from noisy_student.config import Params
+from noisy_student.io import atomic_path
+from noisy_student.report.charts import ablation_plot, accuracy_plot, curves_plot, fgsm_comparison
+from noisy_student.report.history import mlflow_runs, training_histories
+from noisy_student.report.inputs import iteration_inputs, model_metrics
+from noisy_student.report.tables import BASELINE, ablation_table, iteration_table, ordered_models, summary_table
+from noisy_student.tracking import flatten
+
+# the paper's small, medium and large FGSM budgets (0..255 pixel units), shown where they were evaluated
+PAPER_EPSILONS = (2.0, 8.0, 16.0)
+
+
+@dataclass
+class Report:
+    """What :func:`write_report` wrote: the Markdown text, and notes on the parts it had to leave out."""
+
+    text: str
+    notes: list[str] = field(default_factory=list)
+
+
+def _md(table: pd.DataFrame) -> str:
+    """A frame as a Markdown pipe table (2 decimals), or a placeholder line when it has no rows."""
+    if table.empty:
+        return "(nothing recorded yet)\n"
+    return table.to_markdown(index=False, floatfmt=".2f") + "\n"
+
+
+def render(
+    summary: pd.DataFrame,
+    iterations: pd.DataFrame,
+    ablations: pd.DataFrame,
+    images: dict[str, str],
+    baseline: str = BASELINE,
+) -> str:
+    """The Markdown document.
+
+    ``images``: figure name (``accuracy``, ``ablations``, ``curves``, ``fgsm``) -> PNG path relative to the
+    report; a figure missing from it gets no section / link.
+    """
+    parts = [
+        "# Noisy Student: report\n",
+        "## Summary (clean and robustness, per evaluated model)\n",
+        "Accuracies in %; C mCE and P mFR x100, lower is better.\n",
+        _md(summary),
+        "## Iterations (Table 7 style)\n",
+        "Pseudo-label accuracy: the teacher's top-1 on the in-domain unlabeled pool. Selected rows: what the "
+        "student trains on after filtering and balancing (with duplicates), unique images: distinct ones.\n",
+        _md(iterations),
+    ]
+    if "accuracy" in images:
+        parts.append(f"![accuracy per model]({images['accuracy']})\n")
+    parts += [
+        "## Ablations in the experiment history (Table 6 style)\n",
+        "One row per DVC experiment (MLflow runs grouped by their `dvc_exp` tag), latest run of each stage. "
+        f"Changed params: what differs from the baseline `{baseline}` (`{BASELINE}`: a plain `dvc repro`). "
+        "An experiment reruns only "
+        "what its change reaches; `teacher from` names the group whose teacher evaluation is shown.\n",
+        _md(ablations),
+    ]
+    if "ablations" in images:
+        parts.append(f"![ablations]({images['ablations']})\n")
+    if "curves" in images:
+        parts += ["## Learning curves (latest training run of each experiment)\n", f"![curves]({images['curves']})\n"]
+    if "fgsm" in images:
+        parts += ["## FGSM accuracy vs epsilon (every evaluated model)\n", f"![FGSM]({images['fgsm']})\n"]
+    return "\n".join(parts)
+
+
+def write_report(
+    metrics: Path,
+    params: Params,
+    uri: str,
+    out: Path,
+    plots: Path | None = None,
+    mlflow_history: bool = True,
+    baseline: str = BASELINE,
+    experiment: str = BASELINE,
+) -> Report:
+    """Write the Markdown report ``out`` and its PNGs (``plots``, default: the report's folder).
+
+    ``metrics``: the metrics folder of a (partly) finished pipeline; ``uri``: the MLflow tracking URI
+    (read only; a missing SQLite store is not created); ``mlflow_history``: False leaves the ablations and
+    curves empty; ``baseline``: the experiment (``dvc_exp`` tag) the ablations are compared with;
+    ``experiment``: the name the summary and iteration tables are labelled with (this workspace's DVC
+    experiment). accuracy.png, ablations.png and curves.png are always written (DVC declares them as
+    outputs), fgsm.png only when some model has an FGSM curve.
+    """
+    eps = tuple(e for e in PAPER_EPSILONS if e in params.robustness.fgsm_epsilons) or params.robustness.fgsm_epsilons
+    models = ordered_models(params.evaluate)
+    summary = summary_table(model_metrics(metrics, models), eps, experiment)
+    iterations = iteration_table(iteration_inputs(metrics, params), experiment)
+    runs = mlflow_runs(uri, params.tracking.experiment) if mlflow_history else pd.DataFrame()
+    # the baseline is this workspace: current params, committed metrics (older runs under its name aside)
+    is_workspace = baseline == BASELINE
+    defaults = {k: str(v) for k, v in flatten(params.model_dump(mode="json")).items()} if is_workspace else None
+    workspace_top1 = dict(zip(summary["model"], summary["clean top-1 %"] / 100, strict=True)) if is_workspace else None
+    ablations = ablation_table(runs, baseline, defaults, workspace_top1)
+
+    plots = plots or out.parent
+    # empty axes when there is nothing to show: DVC expects every declared PNG
+    accuracy_plot(summary, iterations, plots / "accuracy.png")
+    ablation_plot(ablations, plots / "ablations.png")
+    curves_plot(training_histories(uri, runs) if mlflow_history else pd.DataFrame(), plots / "curves.png")
+    names, notes = ["accuracy", "ablations", "curves"], []
+    try:
+        fgsm_comparison(metrics, plots / "fgsm.png", models)
+        names.append("fgsm")
+    except FileNotFoundError as exc:  # the eval-FGSM stages have not run (outside DVC): report without it
+        notes.append(str(exc))
+    images = {name: os.path.relpath(plots / f"{name}.png", out.parent) for name in names}
+    text = render(summary, iterations, ablations, images, baseline)
+    with atomic_path(out) as tmp:
+        tmp.write_text(text)
+    return Report(text, notes)

@@ -1,0 +1,77 @@
+"""The report's view of the MLflow store: every run of the experiment, and the training curves.
+
+MLflow is imported inside the functions: it is slow to import, and a report without a store (a fresh
+clone) never needs it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from noisy_student.report.tables import BASELINE, latest_training_runs
+
+RUN_COLUMNS = ["run_id", "run_name", "dvc_exp", "start_time", "params_hash", "top1", "params"]
+HISTORY_COLUMNS = ["dvc_exp", "run_name", "epoch", "top1"]
+
+
+def mlflow_runs(uri: str, experiment: str) -> pd.DataFrame:
+    """Every run of the MLflow experiment as one row; empty (same columns) when there is no store.
+
+    Columns :data:`RUN_COLUMNS`: ``run_name`` (``eval@it1``, ``student@it1``, ``teacher``...), ``dvc_exp`` (the
+    run's DVC experiment tag, :data:`BASELINE` when untagged), ``start_time`` (ms since the epoch),
+    ``params_hash``, ``top1`` (fraction 0..1, NaN when the run logged none) and ``params`` (dict of logged
+    params). A missing SQLite file is not created: inside a queued DVC experiment that would leave a stray store.
+    """
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return pd.DataFrame(columns=RUN_COLUMNS)
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return pd.DataFrame(columns=RUN_COLUMNS)
+    rows = []
+    page_token = None
+    while True:
+        page = client.search_runs([exp.experiment_id], max_results=1000, page_token=page_token)
+        for r in page:
+            rows.append(
+                {
+                    "run_id": r.info.run_id,
+                    "run_name": r.info.run_name,
+                    "dvc_exp": r.data.tags.get("dvc_exp", BASELINE),
+                    "start_time": r.info.start_time,
+                    "params_hash": r.data.tags.get("params_hash"),
+                    # eval runs log top1; training runs their last epoch's test_top1 (the fallback)
+                    "top1": r.data.metrics.get("top1", r.data.metrics.get("test_top1", float("nan"))),
+                    "params": dict(r.data.params),
+                }
+            )
+        page_token = page.token
+        if not page_token:
+            break
+    return pd.DataFrame(rows, columns=RUN_COLUMNS)
+
+
+def training_histories(uri: str, runs: pd.DataFrame) -> pd.DataFrame:
+    """Test top-1 per epoch of the latest teacher / student run of every experiment.
+
+    ``runs``: as :func:`mlflow_runs` returns them. Columns :data:`HISTORY_COLUMNS` (``epoch`` from 1,
+    ``top1`` in %), sorted by run name, experiment, epoch. An experiment that did not retrain a model has no
+    run for it, so every curve belongs to the experiment that produced it.
+    """
+    latest = latest_training_runs(runs)
+    if latest.empty:
+        return pd.DataFrame(columns=HISTORY_COLUMNS)
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    rows = [
+        (run.dvc_exp, run.run_name, int(m.step), 100.0 * m.value)
+        for run in latest.itertuples()
+        for m in client.get_metric_history(run.run_id, "test_top1")
+        if m.step > 0  # epochs count from 1; step 0 would be a summary value
+    ]
+    return pd.DataFrame(rows, columns=HISTORY_COLUMNS).sort_values(["run_name", "dvc_exp", "epoch"], ignore_index=True)

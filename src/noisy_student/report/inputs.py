@@ -1,0 +1,75 @@
+"""The report's inputs from a pipeline's metrics files and params, as the frames :mod:`.tables` takes.
+
+Kept apart from :mod:`.tables` so that the tables stay free of files (and of the MLflow / torch imports
+:mod:`noisy_student.tracking` brings along).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from noisy_student.config import Params
+from noisy_student.paths import TEACHER, metrics_file
+from noisy_student.tracking import flatten
+
+# column prefix in the per-model frame -> the stage whose metrics file (paths.metrics_file) fills it
+MODEL_STAGES = {"eval": "eval", "a": "eval-A", "c": "eval-C", "p": "eval-P", "fgsm": "eval-FGSM"}
+
+
+def read_metrics(path: Path) -> dict[str, Any]:
+    """A metrics JSON, or {} when that stage has not run (the table shows a gap instead of failing)."""
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def model_metrics(metrics: Path, models: list[str]) -> pd.DataFrame:
+    """One row per model (index: model name, in the given order), columns ``<prefix>.<key>``.
+
+    ``prefix`` is a key of :data:`MODEL_STAGES`; values as the stages wrote them (accuracies as fractions
+    0..1, mCE / mFR x100); a model without a stage's file has NaN there.
+    """
+    rows = {}
+    for m in models:
+        row: dict[str, Any] = {}
+        for prefix, stage in MODEL_STAGES.items():
+            row.update(flatten(read_metrics(metrics_file(stage, m, metrics)), f"{prefix}."))
+        rows[m] = row
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def _arch(params: Params, model: str) -> str:
+    """Architecture of a pipeline model as configured (an iteration's with its overrides merged in)."""
+    if model == TEACHER:
+        return params.teacher.model.arch
+    return params.for_iteration(model).student.model.arch
+
+
+def iteration_inputs(metrics: Path, params: Params) -> pd.DataFrame:
+    """The per-iteration facts :func:`.tables.iteration_table` needs, one row per iteration in params order.
+
+    Columns ``iteration, teacher, teacher_arch, student_arch`` (str), ``teacher_top1, student_top1,
+    pseudo_label_accuracy`` (fractions 0..1), ``selected_total, selected_unique`` (row counts); None where
+    the stage that writes the number has not run.
+    """
+    rows = []
+    for it, iteration in params.iterations.items():
+        teacher = iteration.teacher
+        predict = read_metrics(metrics_file("predict", it, metrics))
+        selected = read_metrics(metrics_file("filter-balance", it, metrics))
+        rows.append(
+            {
+                "iteration": it,
+                "teacher": teacher,
+                "teacher_arch": _arch(params, teacher),
+                "student_arch": _arch(params, it),
+                "teacher_top1": read_metrics(metrics_file("eval", teacher, metrics)).get("top1"),
+                "student_top1": read_metrics(metrics_file("eval", it, metrics)).get("top1"),
+                "pseudo_label_accuracy": predict.get("pseudo_label_accuracy"),
+                "selected_total": selected.get("total"),
+                "selected_unique": selected.get("unique"),
+            }
+        )
+    return pd.DataFrame(rows)

@@ -1,0 +1,437 @@
+"""Evaluating one model for robustness: the embedded -A/-C/-P sets, the released ImageNet-A/-C/-P, attacks.
+
+Each benchmark is evaluated in two steps, so that a stage can report a missing input before it opens
+its MLflow run: ``load_*`` reads the inputs (and raises ``FileNotFoundError`` / ``ParamsError`` for
+what the user fixes), ``evaluate_*`` computes and returns the metrics dict the stage writes.
+
+- embedded sets (``robustness-data``'s ``c.npz`` / ``p.npz`` / ``a.npz``): CE and FR normalised by
+  the reference model's errors in ``baseline.json``;
+- released benchmarks (``robustness.imagenet_{a,c,p}_dir``): CE normalised by AlexNet's published
+  errors, FR by the ImageNet-P baseline file; images read at the model's size and channels.
+
+Units: errors, accuracies and flip probabilities are fractions in 0..1; CE, mCE, FR, mFR and the
+T5D ratios are percentages (x100), see ``metrics``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from noisy_student.config import Params, ParamsError, RobustnessParams
+from noisy_student.data import ImageSet, load_imageset
+from noisy_student.devices import resolve_device
+from noisy_student.evaluation import images_tensor, predict_logits, topk_accuracy
+from noisy_student.io import atomic_path
+from noisy_student.models import ImageClassifier, ModelSpec, load_classifier
+from noisy_student.paths import robustness_baseline_file, robustness_set_file
+from noisy_student.robustness.attacks import accuracy_under_attack
+from noisy_student.robustness.loaders import (
+    iter_imagenet_c,
+    iter_imagenet_p,
+    load_image_folder,
+    load_imagenet_a,
+    read_class_list,
+)
+from noisy_student.robustness.metrics import (
+    ALEXNET_CLEAN_ERROR,
+    ALEXNET_IMAGENET_C_ERRORS,
+    TOP5_MIN_CLASSES,
+    flip_probability,
+    masked_topk,
+    mce_summary,
+    mfr_summary,
+    top5_distance,
+)
+from noisy_student.robustness.perturbations import EXTRA_PERTURBATIONS, NOISE_PERTURBATIONS, PERTURBATIONS
+from noisy_student.seeds import seed_for
+
+# the resolution ImageNet-C/-P are released at (and ImageNet-A is usually evaluated at)
+RELEASE_IMAGE_SIZE = 224
+Benchmark = Literal["A", "C", "P"]
+
+
+@dataclass(frozen=True)
+class ModelUnderTest:
+    """The evaluated checkpoint on its device, and the batch size it is run with."""
+
+    net: ImageClassifier
+    device: torch.device
+    batch_size: int
+
+
+def load_model_under_test(path: Path, params: Params) -> ModelUnderTest:
+    """The checkpoint at ``path`` on ``params.device``, run in batches of ``robustness.batch_size``."""
+    net, _, _ = load_classifier(path)
+    device = resolve_device(params.device)
+    return ModelUnderTest(net.to(device), device, params.robustness.batch_size)
+
+
+def _top1_error(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Top-1 error (0..1) of logits ``(N, K)`` against labels ``(N,)``."""
+    return float((logits.argmax(1) != labels).mean())
+
+
+def _stability(
+    logits: np.ndarray, perturbation: str, fps: dict[str, float], t5ds: dict[str, float], top5: bool
+) -> None:
+    """Flip probability (and, with ``top5``, top-5 distance) of logits ``(N, T, K)`` into ``fps`` / ``t5ds``.
+
+    Pairs as in ``metrics.flip_probability``: noise sequences vs their first frame, the others frame to frame.
+    """
+    noise = perturbation in NOISE_PERTURBATIONS
+    fps[perturbation] = flip_probability(logits.argmax(-1), noise)
+    if top5:
+        t5ds[perturbation] = top5_distance(logits, noise)
+
+
+# --- the embedded sets ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EmbeddedSet:
+    """One set written by ``robustness-data`` (its npz arrays), the reference's errors and the model.
+
+    ``baseline`` is ``baseline.json`` (``{}`` for the A set, which needs none).
+    """
+
+    arrays: dict[str, np.ndarray]
+    baseline: dict[str, Any]
+    model: ModelUnderTest
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: robustness test set not found (run the `robustness-data` stage first)")
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def load_reference_errors(folder: Path) -> dict[str, Any]:
+    """``baseline.json`` of the embedded sets: the reference model's clean error, C errors, P FP and T5D."""
+    path = robustness_baseline_file(folder)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: baseline errors not found (run the `robustness-data` stage first)")
+    return json.loads(path.read_text())
+
+
+def load_embedded_set(folder: Path, kind: Literal["a", "c", "p"], model: Path, params: Params) -> EmbeddedSet:
+    """The ``kind`` set of ``folder`` (``c.npz`` ...), with ``baseline.json`` for C and P, and the model."""
+    arrays = _load_npz(robustness_set_file(kind, folder))
+    baseline = load_reference_errors(folder) if kind != "a" else {}
+    return EmbeddedSet(arrays, baseline, load_model_under_test(model, params))
+
+
+def evaluate_embedded_c(s: EmbeddedSet, test: Path, desc: str = "eval-C") -> dict[str, float]:
+    """Errors per corruption and severity, CE normalised by the reference model, mCE, relative mCE.
+
+    ``s.arrays["images"]``: ``(corruptions, severities, N, H, W[, C])`` uint8. ``test``: the clean
+    test split, for the model's clean error (the reference's is on the full split too). Returns
+    ``clean_error`` and the keys of ``metrics.mce_summary``.
+    """
+    images, labels, m = s.arrays["images"], s.arrays["labels"], s.model
+    errors: dict[str, dict[int, float]] = {}
+    for i, corruption in enumerate(tqdm(s.arrays["corruptions"].tolist(), desc=desc, mininterval=5.0)):
+        errors[corruption] = {}
+        for j in range(images.shape[1]):
+            logits = predict_logits(m.net, images_tensor(images[i, j]), m.batch_size, m.device, progress=False)
+            errors[corruption][j + 1] = _top1_error(logits, labels)
+    clean = load_imageset(test)
+    clean_logits = predict_logits(m.net, images_tensor(clean.images), m.batch_size, m.device, progress=False)
+    clean_error = _top1_error(clean_logits, clean.labels)
+    base = {c: {int(sev): e for sev, e in by_sev.items()} for c, by_sev in s.baseline["c_errors"].items()}
+    summary = mce_summary(errors, base, clean_error, s.baseline["clean_error"])
+    return {"clean_error": clean_error, **summary}
+
+
+def evaluate_embedded_p(s: EmbeddedSet, desc: str = "eval-P") -> dict[str, float]:
+    """Flip probability ``fp_<p>`` per perturbation, FR / mFR and T5D / mT5D normalised by the reference.
+
+    ``s.arrays["images"]``: ``(perturbations, N, T, H, W[, C])`` uint8. Returns the keys of
+    ``metrics.mfr_summary`` and ``fp_<p>``; top-5 distances only for models with >= 5 classes.
+    """
+    seqs, m = s.arrays["images"], s.model
+    n, t = seqs.shape[1], seqs.shape[2]
+    fps: dict[str, float] = {}
+    t5ds: dict[str, float] = {}
+    for i, pert in enumerate(tqdm(s.arrays["perturbations"].tolist(), desc=desc, mininterval=5.0)):
+        frames = images_tensor(seqs[i].reshape(n * t, *seqs.shape[3:]))
+        logits = predict_logits(m.net, frames, m.batch_size, m.device, progress=False).reshape(n, t, -1)
+        _stability(logits, pert, fps, t5ds, top5=logits.shape[-1] >= TOP5_MIN_CLASSES)
+    summary = mfr_summary(fps, t5ds, s.baseline["p_flip_probability"], s.baseline["p_top5_distance"])
+    return {**summary, **{f"fp_{k}": v for k, v in fps.items()}}
+
+
+def evaluate_embedded_a(s: EmbeddedSet) -> dict[str, float]:
+    """Top-1 / top-5 (0..1) on the test images the reference model misclassifies, and their count."""
+    m = s.model
+    logits = predict_logits(m.net, images_tensor(s.arrays["images"]), m.batch_size, m.device, progress=False)
+    acc = topk_accuracy(logits, s.arrays["labels"])
+    return {"top1": acc["top1"], "top5": acc["top5"], "images": int(len(s.arrays["labels"]))}
+
+
+# --- the released benchmarks ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReleaseInput:
+    """How release images are read for one model: its class list, input size and channels."""
+
+    wnids: list[str]  # the model's class ids, in logit order
+    size: int
+    channels: int  # the checkpoint's in_chans: 1 -> images converted to L, 3 -> to RGB
+    crop_fraction: float | None
+    max_per_class: int | None
+
+    def loader_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments shared by the release loaders."""
+        return {
+            "size": self.size,
+            "channels": self.channels,
+            "crop_fraction": self.crop_fraction,
+            "max_per_class": self.max_per_class,
+        }
+
+    def describe(self, root: str) -> dict[str, Any]:
+        """Fields written next to the metrics so a number can be traced to its input."""
+        return {"source": str(root), "image_size": self.size, "channels": self.channels}
+
+
+@dataclass(frozen=True)
+class Release:
+    """A released benchmark at ``root`` and the model read against it.
+
+    ``p_flip_probability`` / ``p_top5_distance``: the ImageNet-P baseline (``{}`` without one).
+    """
+
+    root: str
+    model: ModelUnderTest
+    input: ReleaseInput
+    p_flip_probability: dict[str, float] = field(default_factory=dict)
+    p_top5_distance: dict[str, float] = field(default_factory=dict)
+
+
+def load_p_baseline(path: str | Path) -> tuple[dict[str, float], dict[str, float]]:
+    """Baseline flip probabilities and top-5 distances of the released ImageNet-P, from a JSON file.
+
+    Same keys as the embedded ``baseline.json``: ``{"p_flip_probability": {p: FP}, "p_top5_distance":
+    {p: T5D}}``; a missing ``p_top5_distance`` means mT5D is not computed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: ImageNet-P baseline file (robustness.p_baseline_file) not found")
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict) or not isinstance(data.get("p_flip_probability"), dict):
+        raise ValueError(f'{path}: expected {{"p_flip_probability": {{perturbation: FP}}, "p_top5_distance": ...}}')
+    fp = {str(k): float(v) for k, v in data["p_flip_probability"].items()}
+    t5 = {str(k): float(v) for k, v in (data.get("p_top5_distance") or {}).items()}
+    return fp, t5
+
+
+def _class_folders(benchmark: Benchmark, root: Path) -> Path | None:
+    """A folder of ``<wnid>`` folders of the release whose sorted names may serve as the class list.
+
+    C: the first benchmark corruption present, at severity 1; P: the first perturbation present;
+    A: none (its 200 folders are a subset, never the model's list).
+    """
+    if benchmark == "C":
+        first = next((c for c in ALEXNET_IMAGENET_C_ERRORS if (root / c).is_dir()), "")
+        return root / first / "1"
+    if benchmark == "P":
+        return root / next((q for q in PERTURBATIONS + EXTRA_PERTURBATIONS if (root / q).is_dir()), "")
+    return None
+
+
+def _folder_classes(folder: Path, num_classes: int) -> list[str]:
+    """Sorted ``<wnid>`` folder names of one release set, checked to cover every logit."""
+    names = []
+    if folder.is_dir():
+        names = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(names) != num_classes:
+        raise ParamsError(
+            f"robustness.class_index_file is not set and {folder} has {len(names)} class folders, not one per "
+            f"model output ({num_classes}): set class_index_file to the model's class ids in logit order"
+        )
+    return names
+
+
+def _checked_classes(path: Path, spec: ModelSpec, wnids: list[str] | None) -> list[str]:
+    """The class list, refused when missing or not one id per model output."""
+    if wnids is None:
+        raise ParamsError(
+            "robustness.class_index_file is not set: ImageNet-A needs the model's class ids (wnids) in logit "
+            "order to pick its 200 classes out of the logits"
+        )
+    if len(wnids) != spec.num_classes:
+        raise ParamsError(
+            f"robustness.class_index_file lists {len(wnids)} classes but {path} has {spec.num_classes} outputs: "
+            "the file must list the model's class ids in logit order"
+        )
+    return wnids
+
+
+def load_release(path: Path, params: Params, benchmark: Benchmark) -> Release:
+    """The model at ``path`` and how to read the released ``benchmark`` (``robustness.imagenet_<a|c|p>_dir``) for it.
+
+    The class list comes from ``robustness.class_index_file`` and must have one id per logit. Without
+    the file, C and P take the sorted wnid folder names of the release (the standard ImageNet index),
+    accepted only when there is one folder per logit: fewer folders would silently shift every label.
+    Raises ParamsError for a missing or mismatched class list, FileNotFoundError for missing files.
+    """
+    r = params.robustness
+    root = str({"A": r.imagenet_a_dir, "C": r.imagenet_c_dir, "P": r.imagenet_p_dir}[benchmark])
+    class_folders = _class_folders(benchmark, Path(root))
+    net, spec, _ = load_classifier(path)
+    try:
+        wnids = read_class_list(r.class_index_file) if r.class_index_file else None
+    except ValueError as err:
+        raise ParamsError(f"robustness.class_index_file: {err}") from None
+    if wnids is None and class_folders is not None:
+        wnids = _folder_classes(class_folders, spec.num_classes)
+    wnids = _checked_classes(path, spec, wnids)
+    device = resolve_device(params.device)
+    size = r.image_size or RELEASE_IMAGE_SIZE
+    release_input = ReleaseInput(wnids, size, spec.in_chans, r.crop_fraction, r.release_max_per_class)
+    release = Release(root, ModelUnderTest(net.to(device), device, r.batch_size), release_input)
+    if benchmark == "P" and r.p_baseline_file:
+        fp, t5 = load_p_baseline(r.p_baseline_file)
+        release = Release(release.root, release.model, release.input, fp, t5)
+    return release
+
+
+def _checked_labels(labels: torch.Tensor, num_logits: int, where: str) -> np.ndarray:
+    """Labels as numpy, checked to index the logits (a class folder outside the model's classes is a layout bug)."""
+    out = labels.numpy()
+    if len(out) and out.max() >= num_logits:
+        raise ValueError(f"{where}: label {int(out.max())} is beyond the model's {num_logits} classes")
+    return out
+
+
+def evaluate_imagenet_c(release: Release, r: RobustnessParams, desc: str = "eval-C") -> dict[str, Any]:
+    """ImageNet-C as released: errors per corruption and severity, CE against AlexNet's published errors.
+
+    Baseline: ``ALEXNET_IMAGENET_C_ERRORS`` (AlexNet's mean error over severities 1..5 per corruption,
+    hendrycks/robustness). Relative mCE needs the model's clean ImageNet error, so it is computed only
+    when ``robustness.imagenet_val_dir`` is set (AlexNet's clean error: ``ALEXNET_CLEAN_ERROR``).
+    Returns the keys of ``metrics.mce_summary``, ``clean_error`` (with the val dir), the image count
+    and where the images came from.
+    """
+    root, m, spec = release.root, release.model, release.input
+    errors: dict[str, dict[int, float]] = {}
+    images_read = 0
+    sets = iter_imagenet_c(root, wnids=spec.wnids, **spec.loader_kwargs())
+    for corruption, severity, images, labels in tqdm(sets, desc=desc, mininterval=5.0):
+        logits = predict_logits(m.net, images, m.batch_size, m.device, progress=False)
+        truth = _checked_labels(labels, logits.shape[1], f"{root}/{corruption}/{severity}")
+        errors.setdefault(corruption, {})[severity] = _top1_error(logits, truth)
+        images_read += len(truth)
+    out: dict[str, Any] = {}
+    clean_error = None
+    if r.imagenet_val_dir:
+        val, val_labels, _ = load_image_folder(r.imagenet_val_dir, wnids=spec.wnids, **spec.loader_kwargs())
+        val_logits = predict_logits(m.net, val, m.batch_size, m.device, progress=False)
+        clean_error = _top1_error(val_logits, _checked_labels(val_labels, val_logits.shape[1], r.imagenet_val_dir))
+        out["clean_error"] = clean_error
+    # every released corruption has severities 1..5; `mce` refuses a partial set against the
+    # published 5-severity means, which would bias CE
+    out.update(mce_summary(errors, ALEXNET_IMAGENET_C_ERRORS, clean_error, ALEXNET_CLEAN_ERROR))
+    out.update(images=images_read, baseline="AlexNet (hendrycks/robustness)", **spec.describe(root))
+    return out
+
+
+def evaluate_imagenet_p(release: Release, r: RobustnessParams, desc: str = "eval-P") -> dict[str, Any]:
+    """ImageNet-P as released: flip probability and top-5 distance per perturbation, one video per image.
+
+    mFR / mT5D need the baseline's values on the same release (``robustness.p_baseline_file``, read
+    by :func:`load_release`); without it only the raw ``fp_<p>`` and ``t5d_raw_<p>`` are returned
+    (see metrics.py on why no AlexNet constants are shipped).
+    """
+    root, m, spec = release.root, release.model, release.input
+    fps: dict[str, float] = {}
+    t5ds: dict[str, float] = {}
+    sequences = 0
+    clips = iter_imagenet_p(root, wnids=spec.wnids, **spec.loader_kwargs())
+    for pert, videos, _labels in tqdm(clips, desc=desc, mininterval=5.0):
+        n, t = videos.shape[:2]
+        frames = videos.reshape(n * t, *videos.shape[2:])
+        logits = predict_logits(m.net, frames, m.batch_size, m.device, progress=False).reshape(n, t, -1)
+        _stability(logits, pert, fps, t5ds, top5=True)
+        sequences += n
+    out: dict[str, Any] = mfr_summary(fps, t5ds, release.p_flip_probability, release.p_top5_distance)
+    out.update({f"fp_{k}": v for k, v in fps.items()})
+    out.update({f"t5d_raw_{k}": v for k, v in t5ds.items()})
+    out.update(sequences=sequences, **spec.describe(root))
+    if r.p_baseline_file:
+        out["baseline"] = str(r.p_baseline_file)
+    return out
+
+
+def evaluate_imagenet_a(release: Release) -> dict[str, Any]:
+    """ImageNet-A: top-1 / top-5 (0..1) over the 200-class subset of the logits (method.md, Robustness metrics)."""
+    m, spec = release.model, release.input
+    images, labels, class_indices = load_imagenet_a(release.root, spec.wnids, **spec.loader_kwargs())
+    logits = predict_logits(m.net, images, m.batch_size, m.device, progress=False)
+    acc = topk_accuracy(masked_topk(logits, class_indices), labels.numpy())
+    return {
+        "top1": acc["top1"],
+        "top5": acc["top5"],
+        "images": int(len(labels)),
+        "classes": len(class_indices),
+        **spec.describe(release.root),
+    }
+
+
+# --- white-box attacks ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    """Top-1 (0..1) under FGSM per epsilon and under PGD at one epsilon (0..255 pixel units)."""
+
+    fgsm: dict[float, float]
+    pgd_steps: int
+    pgd_epsilon: float
+    pgd_top1: float
+    images: int
+
+    def metrics(self) -> dict[str, float]:
+        """``fgsm_top1_eps<e>``, ``pgd<steps>_top1_eps<e>`` and the attacked image count."""
+        return {
+            **{f"fgsm_top1_eps{eps:g}": acc for eps, acc in self.fgsm.items()},
+            f"pgd{self.pgd_steps}_top1_eps{self.pgd_epsilon:g}": self.pgd_top1,
+            "images": self.images,
+        }
+
+    def curve(self) -> pd.DataFrame:
+        """The FGSM curve: columns ``epsilon`` (0..255) and ``top1`` (0..1)."""
+        return pd.DataFrame({"epsilon": list(self.fgsm), "top1": list(self.fgsm.values())})
+
+
+def evaluate_attacks(model: ModelUnderTest, data: ImageSet, params: Params) -> AttackResult:
+    """White-box FGSM and PGD through the model's own normalisation, on a seeded subset of ``data``.
+
+    ``robustness.attack_images`` test images (stream ``attack_subset``); PGD's random start from
+    stream ``pgd``.
+    """
+    r = params.robustness
+    rng = np.random.default_rng(seed_for(params.seed, "attack_subset"))
+    idx = np.sort(rng.choice(len(data), size=min(r.attack_images, len(data)), replace=False))
+    images, labels = images_tensor(data.images[idx]), torch.from_numpy(data.labels[idx])
+    net, bs, device = model.net, r.batch_size, model.device
+    fgsm = accuracy_under_attack(net, images, labels, list(r.fgsm_epsilons), bs, device, "fgsm")
+    pgd_start = seed_for(params.seed, "pgd")  # PGD's random start
+    pgd = accuracy_under_attack(net, images, labels, [r.pgd_epsilon], bs, device, "pgd", r.pgd_steps, pgd_start)
+    return AttackResult(fgsm, r.pgd_steps, r.pgd_epsilon, pgd[r.pgd_epsilon], int(len(idx)))
+
+
+def save_attack_curve(result: AttackResult, path: Path) -> None:
+    """The FGSM curve as CSV ``epsilon,top1`` (a DVC plot), written atomically."""
+    with atomic_path(path) as tmp:
+        result.curve().to_csv(tmp, index=False)

@@ -1,0 +1,30 @@
+"""Training: the Noisy Student step (``task``), the loop (``loop``), the recipe of one run (``recipe``), FixRes."""
+
+from noisy_student.training.fixres import fixres_finetune
+from noisy_student.training.loop import EpochCallback, EvalFn, TrainData, one_hot, train_classifier
+from noisy_student.training.recipe import (
+    PlanError,
+    RunPlan,
+    TrainingInputs,
+    TrainResult,
+    save_training_outputs,
+    train_model,
+)
+from noisy_student.training.task import NoisyStudentTask, joint_loss
+
+__all__ = [
+    "EpochCallback",
+    "EvalFn",
+    "NoisyStudentTask",
+    "PlanError",
+    "RunPlan",
+    "TrainData",
+    "TrainResult",
+    "TrainingInputs",
+    "fixres_finetune",
+    "joint_loss",
+    "one_hot",
+    "save_training_outputs",
+    "train_classifier",
+    "train_model",
+]

@@ -1,0 +1,367 @@
+"""One training loop for teacher and student.
+
+A teacher is a student without a pseudo-labeled stream. Every step takes a
+labeled batch of ``batch_size`` and, when pseudo-labeled data is given, an
+unlabeled batch of ``unlabeled_ratio * batch_size``; the loss is the task's
+(:class:`~noisy_student.training.task.NoisyStudentTask`). Epochs are counted
+on the labeled set.
+
+timm owns what timm has: the task, the optimizer and scheduler factories and
+weight EMA. Every ``optim.checkpoint_steps`` optimizer updates the full
+training state is saved atomically; a rerun with the same key resumes from it
+exactly (same weights as an uninterrupted run).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.scheduler.scheduler import Scheduler
+from tqdm.auto import tqdm
+
+from noisy_student.config import NoiseParams, OptimParams, StudentNoiseParams
+from noisy_student.io import atomic_path
+from noisy_student.models import ImageClassifier
+from noisy_student.noise import BatchAugment
+from noisy_student.seeds import seed_everything
+from noisy_student.training.task import Batch, NoisyStudentTask
+
+
+@dataclass
+class TrainData:
+    """Tensors on the host: uint8 images ``(N, C, H, W)``, float targets ``(N, K)`` summing to 1."""
+
+    labeled_images: torch.Tensor
+    labeled_targets: torch.Tensor
+    unlabeled_images: torch.Tensor | None = None
+    unlabeled_targets: torch.Tensor | None = None
+
+    @property
+    def has_unlabeled(self) -> bool:
+        return self.unlabeled_images is not None and len(self.unlabeled_images) > 0
+
+
+EpochCallback = Callable[[dict[str, float]], None]
+EvalFn = Callable[[ImageClassifier], dict[str, float]]
+
+
+def one_hot(labels: np.ndarray, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
+    """``(N,)`` class indices -> ``(N, K)`` float targets with optional label smoothing."""
+    off = smoothing / num_classes
+    t = torch.full((len(labels), num_classes), off, dtype=torch.float32)
+    t[torch.arange(len(labels)), torch.as_tensor(labels, dtype=torch.long)] = 1.0 - smoothing + off
+    return t
+
+
+def batches_per_epoch(n_labeled: int, batch_size: int) -> int:
+    return max(1, n_labeled // batch_size)
+
+
+class _Stream:
+    """Endless shuffled index stream over ``n`` rows (reshuffled each pass)."""
+
+    def __init__(self, n: int, gen: torch.Generator) -> None:
+        self.n, self.gen = n, gen
+        self.perm = torch.randperm(n, generator=gen)
+        self.pos = 0
+
+    def take(self, k: int) -> torch.Tensor:
+        out = []
+        while k > 0:
+            if self.pos >= self.n:
+                self.perm = torch.randperm(self.n, generator=self.gen)
+                self.pos = 0
+            chunk = self.perm[self.pos : self.pos + k]
+            self.pos += len(chunk)
+            k -= len(chunk)
+            out.append(chunk)
+        return torch.cat(out)
+
+    def state(self) -> dict[str, Any]:
+        return {"perm": self.perm, "pos": self.pos}
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.perm, self.pos = state["perm"], int(state["pos"])
+
+
+@dataclass
+class _Progress:
+    """Where the loop stands: the part of the training state that is not model, optimizer or RNG."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    epoch: int = 0  # next epoch to run (0-based)
+    step: int = 0  # next step within that epoch
+    loss_sum: float = 0.0  # image-weighted loss of the epoch so far
+    seen: int = 0  # images of the epoch so far
+
+
+def _resident(data: TrainData, device: torch.device) -> TrainData:
+    """Move the image/target tensors to the accelerator when they use under a quarter of its free memory.
+
+    Then batches are gathered and augmented on the device (no per-step host
+    copy); otherwise they stay on the host and each batch is copied over.
+    """
+    tensors = [data.labeled_images, data.labeled_targets, data.unlabeled_images, data.unlabeled_targets]
+    size = sum(t.numel() * t.element_size() for t in tensors if t is not None)
+    free, _ = torch.cuda.mem_get_info(device)
+    if size > free / 4:
+        return data
+    return TrainData(*(t.to(device) if t is not None else None for t in tensors))
+
+
+def _optimization(
+    model: ImageClassifier, optim: OptimParams, steps_per_epoch: int
+) -> tuple[torch.optim.Optimizer, Scheduler]:
+    """timm's optimizer and a per-update scheduler (warmup from 1 % of ``lr``)."""
+    optimizer = create_optimizer_v2(
+        model, opt=optim.optimizer, lr=optim.lr, weight_decay=optim.weight_decay, momentum=optim.momentum
+    )
+    sched_kwargs: dict[str, Any] = {}
+    if optim.sched == "step":
+        sched_kwargs = {"decay_epochs": optim.decay_epochs, "decay_rate": optim.decay_rate}
+    scheduler, _ = create_scheduler_v2(
+        optimizer,
+        sched=optim.sched,
+        num_epochs=optim.epochs,
+        warmup_epochs=optim.warmup_epochs,
+        warmup_lr=optim.lr * 0.01,
+        step_on_epochs=False,
+        updates_per_epoch=steps_per_epoch,
+        **sched_kwargs,
+    )
+    return optimizer, scheduler
+
+
+@dataclass
+class _Resume:
+    """The resumable training state of one run, in the file ``path``, valid only for ``key``."""
+
+    path: Path | None
+    key: str
+    task: NoisyStudentTask
+    optimizer: torch.optim.Optimizer
+    streams: dict[str, _Stream]
+    gen: torch.Generator
+
+    def load(self) -> _Progress | None:
+        """The saved progress (model, optimizer, streams and RNGs restored in place), or None."""
+        if self.path is None or not self.path.is_file():
+            return None
+        state = torch.load(self.path, map_location="cpu", weights_only=False)
+        if state.get("key") != self.key:
+            return None
+        self.task.load_checkpoint_state(state["state_dict"])
+        if self.task.has_ema() and "state_dict_ema" in state:
+            self.task.load_checkpoint_state(state["state_dict_ema"], ema=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        for name, stream in self.streams.items():
+            stream.load(state[f"{name}_stream"])
+        self.gen.set_state(state["gen"])
+        torch.set_rng_state(state["torch_rng"])
+        return _Progress(
+            state["history"], int(state["epoch"]), int(state["step"]), float(state["loss_sum"]), int(state["seen"])
+        )
+
+    def save(self, progress: _Progress) -> None:
+        if self.path is None:
+            return
+        state: dict[str, Any] = {
+            "key": self.key,
+            "epoch": progress.epoch,
+            "step": progress.step,
+            "loss_sum": progress.loss_sum,
+            "seen": progress.seen,
+            "optimizer": self.optimizer.state_dict(),
+            **{f"{name}_stream": stream.state() for name, stream in self.streams.items()},
+            "gen": self.gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "history": progress.history,
+            **self.task.get_checkpoint_state(),
+        }
+        if self.task.has_ema():
+            state.update(self.task.get_checkpoint_state(ema=True))
+        with atomic_path(self.path) as tmp:
+            torch.save(state, tmp)
+
+    def finish(self) -> None:
+        if self.path is not None and self.path.exists():
+            self.path.unlink()
+
+
+class _Batches:
+    """Draws each step's labeled and pseudo-labeled batches: indices from the streams, input noise, to the device.
+
+    The labeled stream is drawn even when unused (Table 13's pretraining), so epochs and RNG draws stay
+    aligned across schedules.
+    """
+
+    def __init__(
+        self,
+        data: TrainData,
+        streams: dict[str, _Stream],
+        noise: StudentNoiseParams,
+        batch_size: int,
+        unlabeled_batch: int,
+        labeled_in_batch: bool,
+        device: torch.device,
+    ) -> None:
+        self.data, self.streams, self.device = data, streams, device
+        self.batch_size, self.unlabeled_batch, self.labeled_in_batch = batch_size, unlabeled_batch, labeled_in_batch
+        self.augment = BatchAugment(noise)
+        self.augment_unlabeled = self.augment if noise.unlabeled_augment else BatchAugment(noise, augment=False)
+
+    def _to_device(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(B, C, H, W)`` -> float 0..1 on the device (channels-last on CUDA)."""
+        x = images.to(self.device, non_blocking=True).float().div_(255)
+        return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else x
+
+    def next(self) -> tuple[Batch | None, Batch | None, int]:
+        """(labeled batch or None, pseudo-labeled batch or None, images in the step)."""
+        d = self.data
+        li = self.streams["labeled"].take(self.batch_size)
+        labeled = (self.augment(d.labeled_images[li]), d.labeled_targets[li]) if self.labeled_in_batch else None
+        unlabeled = None
+        if d.has_unlabeled:
+            ui = self.streams["unlabeled"].take(self.unlabeled_batch)
+            unlabeled = (self.augment_unlabeled(d.unlabeled_images[ui]), d.unlabeled_targets[ui])
+        images = sum(len(b[1]) for b in (labeled, unlabeled) if b is not None)
+        return self._on_device(labeled), self._on_device(unlabeled), images
+
+    def _on_device(self, batch: tuple[torch.Tensor, torch.Tensor] | None) -> Batch | None:
+        if batch is None:
+            return None
+        return self._to_device(batch[0]), batch[1].to(self.device, non_blocking=True)
+
+
+def train_classifier(
+    model: ImageClassifier,
+    data: TrainData,
+    optim: OptimParams,
+    noise: NoiseParams,
+    *,
+    unlabeled_ratio: int = 0,
+    labeled_in_batch: bool = True,
+    device: torch.device,
+    seed: int,
+    checkpoint_path: Path | None = None,
+    checkpoint_key: str = "",
+    eval_fn: EvalFn | None = None,
+    on_epoch: EpochCallback | None = None,
+    desc: str = "train",
+) -> tuple[ImageClassifier, list[dict[str, float]]]:
+    """Train ``model`` in place and return the model to keep (EMA weights when enabled) and the history.
+
+    ``noise``: the input noise of every image; a :class:`StudentNoiseParams`
+    also says whether pseudo-labeled images get input / model noise (Table 6;
+    a plain :class:`NoiseParams` means they do). ``eval_fn`` is called every
+    ``optim.eval_every`` epochs and on the last one; its metrics join that
+    epoch's record. ``on_epoch`` receives each record. ``labeled_in_batch=False``
+    trains on the pseudo-labeled stream alone while epochs are still counted
+    on the labeled set (Table 13's pretraining phase). Every
+    ``optim.checkpoint_steps`` updates the full state (weights, optimizer, EMA,
+    data streams, RNGs, partial epoch loss) is saved atomically; a call with
+    the same ``checkpoint_key`` resumes from it exactly.
+    """
+    if not labeled_in_batch and not data.has_unlabeled:
+        raise ValueError("labeled_in_batch=False needs pseudo-labeled images")
+    pseudo = noise if isinstance(noise, StudentNoiseParams) else StudentNoiseParams(**noise.model_dump())
+    seed_everything(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+        data = _resident(data, device)
+    task = NoisyStudentTask(
+        model,
+        unlabeled_model_noise=pseudo.unlabeled_model_noise,
+        forward_module=torch.compile(model) if optim.compile else None,
+        device=device,
+    )
+    if optim.ema_decay > 0:
+        task.setup_ema(decay=optim.ema_decay, use_warmup=True)
+    steps_per_epoch = batches_per_epoch(len(data.labeled_images), optim.batch_size)
+    optimizer, scheduler = _optimization(model, optim, steps_per_epoch)
+    streams = {"labeled": _Stream(len(data.labeled_images), gen)}
+    if data.has_unlabeled:
+        streams["unlabeled"] = _Stream(len(data.unlabeled_images), gen)
+    u_batch = optim.batch_size * unlabeled_ratio if data.has_unlabeled else 0
+    batches = _Batches(data, streams, pseudo, optim.batch_size, u_batch, labeled_in_batch, device)
+    resume = _Resume(checkpoint_path, checkpoint_key, task, optimizer, streams, gen)
+    progress = resume.load()
+    if progress is not None:
+        tqdm.write(
+            f"[{desc}] resuming from {checkpoint_path} at epoch {progress.epoch + 1}/{optim.epochs}, "
+            f"step {progress.step}/{steps_per_epoch}",
+            file=sys.stderr,
+        )
+    progress = progress or _Progress()
+
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    total_steps = optim.epochs * steps_per_epoch
+    bar = tqdm(
+        total=total_steps,
+        initial=progress.epoch * steps_per_epoch + progress.step,
+        desc=desc,
+        unit="step",
+        dynamic_ncols=True,
+        mininterval=0.2 if sys.stderr.isatty() else 5.0,  # logs (DVC, CI) get a line every few seconds
+    )
+    mark_step = _xla_mark_step() if device.type == "xla" else None
+    model.train()
+    while progress.epoch < optim.epochs:
+        epoch = progress.epoch
+        if progress.step == 0:
+            progress.loss_sum, progress.seen = 0.0, 0
+        for step in range(progress.step, steps_per_epoch):
+            labeled, unlabeled, images = batches.next()
+            with autocast:
+                loss = task(labeled, unlabeled)["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if mark_step is not None:
+                mark_step()  # XLA: cut the lazy graph once per update, or it grows over the whole epoch
+            num_updates = epoch * steps_per_epoch + step + 1
+            scheduler.step_update(num_updates)
+            task.update_ema(step=num_updates)
+            progress.loss_sum += float(loss.detach()) * images
+            progress.seen += images
+            bar.update(1)
+            lr = optimizer.param_groups[0]["lr"]
+            bar.set_postfix(
+                epoch=epoch + 1, loss=f"{progress.loss_sum / progress.seen:.4f}", lr=f"{lr:.4g}", refresh=False
+            )
+            progress.epoch, progress.step = (epoch + 1, 0) if step + 1 == steps_per_epoch else (epoch, step + 1)
+            if step + 1 == steps_per_epoch:
+                record = {"epoch": epoch + 1, "train_loss": progress.loss_sum / max(progress.seen, 1), "lr": lr}
+                if eval_fn is not None and ((epoch + 1) % optim.eval_every == 0 or epoch + 1 == optim.epochs):
+                    record.update(eval_fn(_eval_model(task, model)))
+                    model.train()
+                progress.history.append(record)
+                if on_epoch is not None:
+                    on_epoch(record)
+            if num_updates % optim.checkpoint_steps == 0 and num_updates < total_steps:
+                resume.save(progress)
+    bar.close()
+    resume.finish()
+    return _eval_model(task, model), progress.history
+
+
+def _xla_mark_step() -> Callable[[], None]:
+    import torch_xla.core.xla_model as xm  # type: ignore[import-not-found]
+
+    return xm.mark_step
+
+
+def _eval_model(task: NoisyStudentTask, model: ImageClassifier) -> ImageClassifier:
+    ema = task.get_trainable_module(ema=True)
+    return ema.module if ema is not None else model
