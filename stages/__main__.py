@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from stages import (
+    check_params,
     eval_a,
     eval_c,
     eval_fgsm,
@@ -20,6 +21,7 @@ from stages import (
 )
 
 app = typer.Typer(help="Noisy Student Training stages (the same commands dvc.yaml runs).", no_args_is_help=True)
+app.command("check-params")(check_params.main)
 app.command("prepare")(prepare.main)
 app.command("teacher")(teacher.main)
 app.command("predict")(predict.main)

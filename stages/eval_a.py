@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from noisy_student import paths
+from noisy_student.data.images import ImageTooSmallError
 from noisy_student.robustness.evaluate import evaluate_embedded_a, evaluate_imagenet_a, load_embedded_set, load_release
 from noisy_student.tracking import stage_run, write_metrics
 from stages._common import (
@@ -34,7 +35,7 @@ def main(
     if params.robustness.imagenet_a_dir:
         with friendly_errors():
             release = load_release(model, params, "A")
-        with stage_run("eval-A", params, ("robustness",), name), friendly_errors():
+        with stage_run("eval-A", params, ("robustness",), name), friendly_errors(ImageTooSmallError):
             acc = evaluate_imagenet_a(release)
             write_metrics(metrics, acc)
     else:

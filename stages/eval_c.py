@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from noisy_student import paths
+from noisy_student.data.images import ImageTooSmallError
 from noisy_student.robustness.evaluate import evaluate_embedded_c, evaluate_imagenet_c, load_embedded_set, load_release
 from noisy_student.tracking import stage_run, write_metrics
 from stages._common import (
@@ -37,7 +38,7 @@ def main(
     if params.robustness.imagenet_c_dir:
         with friendly_errors():
             release = load_release(model, params, "C")
-        with stage_run("eval-C", params, ("robustness",), name), friendly_errors():
+        with stage_run("eval-C", params, ("robustness",), name), friendly_errors(ImageTooSmallError):
             summary = evaluate_imagenet_c(release, params.robustness, desc=f"eval-C {name}")
             write_metrics(metrics, summary)
     else:

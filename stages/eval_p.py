@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from noisy_student import paths
+from noisy_student.data.images import ImageTooSmallError
 from noisy_student.robustness import VideoDecodingError
 from noisy_student.robustness.evaluate import evaluate_embedded_p, evaluate_imagenet_p, load_embedded_set, load_release
 from noisy_student.tracking import stage_run, write_metrics
@@ -37,8 +38,9 @@ def main(
     if params.robustness.imagenet_p_dir:
         with friendly_errors():
             release = load_release(model, params, "P")
-        # a VideoDecodingError names the file and how to make it readable
-        with stage_run("eval-P", params, ("robustness",), name), friendly_errors(VideoDecodingError):
+        # these errors name the file and how to make it readable
+        user_errors = (VideoDecodingError, ImageTooSmallError)
+        with stage_run("eval-P", params, ("robustness",), name), friendly_errors(*user_errors):
             summary = evaluate_imagenet_p(release, params.robustness, desc=f"eval-P {name}")
             write_metrics(metrics, summary)
     else:

@@ -25,10 +25,10 @@ def main(
     """Select pseudo-labeled images the paper's way and record what was kept and dropped."""
     params = params_or_exit(params_file, iteration)
     f = params.filter
-    with friendly_errors():
-        shard_files(predictions)  # a missing input stops here, before an MLflow run is opened
+    with friendly_errors(ValueError):  # a missing or unreadable shard stops here, before an MLflow run is opened
+        shard_files(predictions)
     with stage_run("filter-balance", params, ("filter",), iteration):
-        with friendly_errors():
+        with friendly_errors(ValueError):  # a shard damaged past its footer: ParquetReadError
             result = filter_balance(predictions, out, f, seed_for(params.seed, "filter"))
         write_class_counts(classes_csv, result.per_class)
         log_artifacts("tables", classes_csv)

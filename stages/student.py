@@ -13,7 +13,15 @@ from noisy_student.evaluation import images_tensor
 from noisy_student.models import count_parameters, load_classifier
 from noisy_student.pseudo_labels import student_targets
 from noisy_student.training import PlanError, RunPlan, TrainingInputs, save_training_outputs, train_model
-from stages._common import METRICS_OPTION, PARAMS_OPTION, fail, friendly_errors, params_or_exit, torch_threads
+from stages._common import (
+    METRICS_OPTION,
+    PARAMS_OPTION,
+    fail,
+    friendly_errors,
+    params_or_exit,
+    torch_threads,
+)
+from stages._train import exclusive_run
 
 
 def main(
@@ -45,7 +53,8 @@ def main(
     )
     teacher_params = count_parameters(teacher_model)
     plan = RunPlan.student(params, iteration, teacher_params)
-    with tracking.stage_run("student", params, ("student", "noise", "pseudo_labels", "filter"), iteration):
+    sections = ("student", "noise", "pseudo_labels", "filter")
+    with exclusive_run(plan, inputs) as key, tracking.stage_run("student", params, sections, iteration, key):
         try:
             result = train_model(
                 plan, inputs, paths.checkpoints_dir(), tracking.log_history, teacher_model.state_dict()

@@ -10,6 +10,7 @@ from noisy_student import paths, tracking
 from noisy_student.data import class_count, load_imageset
 from noisy_student.training import RunPlan, TrainingInputs, save_training_outputs, train_model
 from stages._common import PARAMS_OPTION, friendly_errors, params_or_exit, torch_threads
+from stages._train import exclusive_run
 
 
 def main(
@@ -25,7 +26,7 @@ def main(
         labeled, test = load_imageset(data / paths.LABELED.name), load_imageset(data / paths.TEST.name)
     inputs = TrainingInputs(labeled, test, class_count(data, labeled.labels))
     plan = RunPlan.teacher(params)
-    with tracking.stage_run("teacher", params, ("teacher",)):
+    with exclusive_run(plan, inputs) as key, tracking.stage_run("teacher", params, ("teacher",), resume_key=key):
         result = train_model(plan, inputs, paths.checkpoints_dir(), on_epoch=tracking.log_history)
         csv, png = (paths.curves_file(paths.TEACHER, s, metrics.parent) for s in ("csv", "png"))
         save_training_outputs(result, plan.name, out, csv, png)

@@ -112,3 +112,16 @@ def test_input_errors(trained: tuple[ImageClassifier, torch.Tensor, torch.Tensor
         accuracy_under_attack(model, images.float(), labels, [2.0], batch_size=8, device="cpu")
     with pytest.raises(ValueError, match="attack"):
         accuracy_under_attack(model, images, labels, [2.0], batch_size=8, device="cpu", attack="cw")
+
+
+def test_attacks_work_inside_no_grad(trained: tuple[ImageClassifier, torch.Tensor, torch.Tensor]) -> None:
+    """An evaluation loop under ``torch.no_grad()`` gets the same adversarial images as one outside it."""
+    model, images, labels = trained
+    x, y = images[:16].float() / 255, labels[:16]
+    outside = fgsm(model, x, y, 4.0), pgd(model, x, y, 4.0, steps=3, generator=5)
+    with torch.no_grad():
+        inside = fgsm(model, x, y, 4.0), pgd(model, x, y, 4.0, steps=3, generator=5)
+        assert not torch.is_grad_enabled()  # the caller's mode is left as it was
+    for a, b in zip(outside, inside, strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+    assert not torch.equal(inside[0], x)  # a real step was taken, not the clean images

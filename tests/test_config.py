@@ -131,3 +131,23 @@ def test_teacher_refuses_pseudo_label_noise_keys(key: str) -> None:
     raw = _raw()
     raw["noise"][key] = False  # the student's noise takes them
     assert getattr(parse_params(raw).noise, key) is False
+
+
+def test_unknown_arch_names_the_key_and_close_matches() -> None:
+    raw = _raw()
+    raw["student"]["model"]["arch"] = "resnet18e"
+    expected = r"key 'student\.model\.arch': 'resnet18e' is not a timm model; close matches: resnet18, resnet18d"
+    with pytest.raises(ParamsError, match=expected):
+        parse_params(raw)
+    raw = _raw()
+    raw["teacher"]["model"]["arch"] = "resnet50.a1_in1k"  # a pretrained tag of a registered model is a timm name
+    assert parse_params(raw).teacher.model.arch == "resnet50.a1_in1k"
+
+
+def test_errors_never_print_a_whole_mapping() -> None:
+    raw = _raw()
+    raw["filter"]["confidence_threshold"] = {f"k{i}": list(range(50)) for i in range(20)}
+    with pytest.raises(ParamsError) as err:
+        parse_params(raw)
+    line = str(err.value).splitlines()[1]
+    assert "filter.confidence_threshold" in line and "a mapping with keys" in line and len(line) < 250, line

@@ -13,7 +13,14 @@ import pytest
 from PIL import Image
 
 from noisy_student.data import folders
-from noisy_student.data.images import decode_image, fit_image, image_hw, prepare_image
+from noisy_student.data.images import (
+    MIN_IMAGE_SIDE,
+    ImageTooSmallError,
+    decode_image,
+    fit_image,
+    image_hw,
+    prepare_image,
+)
 from noisy_student.robustness import loaders
 
 SIDE = 12  # the square special files are decoded at their own size: no resampling blurs the checks
@@ -142,3 +149,30 @@ def test_invalid_arguments_are_refused() -> None:
         fit_image(image, 4, "crop", crop_fraction=1.5)
     with pytest.raises(ValueError, match="fit must be"):
         fit_image(image, 4, "zoom")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("width", "height"), [(1, 1), (2, 2), (7, 40), (40, 7)])
+def test_images_too_small_to_be_inputs_are_refused_naming_file_and_size(
+    tmp_path: Path, width: int, height: int
+) -> None:
+    path = tmp_path / f"tiny_{width}x{height}.png"
+    Image.fromarray(np.full((height, width), 200, np.uint8)).save(path)
+    expected = rf"tiny_{width}x{height}\.png: image is {width}x{height} px .*at least {MIN_IMAGE_SIDE} px"
+    for draft in (False, True):
+        with pytest.raises(ImageTooSmallError, match=expected):
+            decode_image(path, 32, 1, fit="square", draft=draft)
+    with pytest.raises(ImageTooSmallError, match=expected):
+        loaders.read_image(path, 32, 1)
+    # the prepared folders report it as a folder data error with the same message
+    with pytest.raises(folders.FolderDataError, match=expected + r".*delete or replace it"):
+        folders.decode_image(path, 32, 1)
+
+
+def test_small_real_images_are_still_accepted(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for side in (MIN_IMAGE_SIDE, 28):  # the smallest accepted, and a Fashion-MNIST image resized to 32
+        pixels = rng.integers(0, 256, (side, side), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / f"s{side}.png")
+        out = folders.decode_image(tmp_path / f"s{side}.png", 32, 1)
+        assert out.shape == (32, 32) and out.std() > 10  # upscaled, not a flat image
+        assert loaders.read_image(tmp_path / f"s{side}.png", 32, 1).shape == (1, 32, 32)

@@ -80,11 +80,51 @@ def test_noise_frames_are_iid_draws_at_one_level() -> None:
     for name in sorted(NOISE_PERTURBATIONS):
         seq = perturbation_sequence(RGB, name, 8, generator=5)
         level = (seq - RGB.unsqueeze(1)).abs().flatten(2).mean(-1)
-        # frame 0 is noisy too, and every frame is about equally far from the clean image
-        assert (level > 0.01).all()
-        assert float(level.max() / level.min()) < 1.3
+        # frame 0 is the clean image (as in ImageNet-P), every later frame about equally far from it
+        assert (level[:, 0] == 0).all()
+        assert (level[:, 1:] > 0.01).all()
+        assert float(level[:, 1:].max() / level[:, 1:].min()) < 1.3
         other = perturbation_sequence(RGB, name, 8, generator=6)
         assert not torch.equal(seq, other)
+
+
+@pytest.mark.parametrize("name", sorted(NOISE_PERTURBATIONS))
+def test_noise_sequences_start_from_the_clean_image(name: str) -> None:
+    """ImageNet-P's noise videos start with the unperturbed image; FP compares every noisy frame with it."""
+    for images in (GRAY, (RGB * 255).round().to(torch.uint8)):
+        seq = perturbation_sequence(images, name, FRAMES, generator=4)
+        torch.testing.assert_close(seq[:, 0], images, rtol=0, atol=0)
+        assert all(not torch.equal(seq[:, t], images) for t in range(1, FRAMES))
+
+
+def _bright_square(n: int, side: int, size: int = 28) -> torch.Tensor:
+    """Float ``(n, 1, size, size)``: black, with a bright ``side`` px square in the top-left corner."""
+    images = torch.zeros(n, 1, size, size)
+    images[..., :side, :side] = 1.0
+    return images
+
+
+def test_translate_pads_with_the_black_background_not_a_mirror_image() -> None:
+    # a bright square on black reaching the top and left edges, as a garment often reaches the frame
+    square = _bright_square(32, 14)
+    last = perturbation_sequence(square, "translate", FRAMES, generator=7)[:, -1]
+    # mirroring would copy the square into the strip it vacates: brightness would grow for the
+    # directions that move it away from an edge; black padding only ever loses what leaves the frame
+    assert (last.flatten(1).sum(1) <= square.flatten(1).sum(1) + 1e-3).all()
+    # an image bright to every edge, moved 3.5 px: the vacated strip is black (a mirror keeps it bright)
+    full = perturbation_sequence(_bright_square(32, 28), "translate", FRAMES, generator=7)[:, -1]
+    edges = torch.stack([full[..., 0, :], full[..., -1, :], full[..., :, 0], full[..., :, -1]], dim=1)
+    assert (edges.amax(-1).amin(1) == 0).all(), "some image kept no black edge line"
+
+
+@pytest.mark.parametrize("name", ["rotate", "tilt", "scale"])
+def test_warps_fill_what_they_bring_in_with_black(name: str) -> None:
+    last = perturbation_sequence(_bright_square(8, 28), name, FRAMES, generator=8)[:, -1]
+    # every frame of an image bright to its edges shows black where the warp looked outside it
+    assert (last.flatten(1).amin(1) == 0).all(), f"{name}: mirrored pixels instead of a black background"
+    if name == "scale":  # zoom out to 0.8 about the centre: the 2 px corner lies wholly outside the source
+        corner = perturbation_sequence(_bright_square(1, 14), name, FRAMES)[:, -1, :, :2, :2]
+        assert (corner == 0).all()
 
 
 def test_geometric_sequences_move_smoothly() -> None:

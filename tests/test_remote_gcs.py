@@ -163,6 +163,22 @@ def test_local_remote_roundtrip(dvc_project: Path) -> None:
 
 
 @pytest.mark.slow
+def test_a_corrupted_output_is_reported_and_restored(dvc_project: Path) -> None:
+    repo = dvc_project
+    run(DVC + ["repro"], repo)
+    before = _digests(repo)
+    (repo / "model.bin").write_bytes(b"corrupted")  # e.g. a disk error, or a hand edit
+    part = repo / "data" / "part-1.bin"
+    part.write_bytes(part.read_bytes()[:1000])  # truncated
+    status = json.loads(run(DVC + ["status", "--json"], repo).stdout)
+    assert "make" in status, status  # the stage's outputs are reported as modified
+    assert "nothing to reproduce" not in run(DVC + ["repro", "--dry"], repo).stdout.lower()
+    run(DVC + ["checkout", "--force"], repo)  # restored from the local cache, no rerun
+    assert _digests(repo) == before
+    assert json.loads(run(DVC + ["status", "--json"], repo).stdout) == {}
+
+
+@pytest.mark.slow
 def test_gcs_remote_roundtrip(dvc_project: Path, gcs_emulator: Emulator) -> None:
     repo = dvc_project
     gcs_emulator.create_bucket(BUCKET)

@@ -8,11 +8,14 @@ a default.
 
 from __future__ import annotations
 
+import difflib
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 
 class _Section(BaseModel):
@@ -50,10 +53,8 @@ class DataParams(_Section):
 
     @model_validator(mode="after")
     def _folders_complete(self) -> DataParams:
-        # Imported here so this check stays inside the class; a ValidationError raised with a
-        # field location makes load_params name e.g. 'data.labeled_dir' instead of the whole section.
-        from pydantic_core import InitErrorDetails, PydanticCustomError
-
+        # a ValidationError raised with a field location makes load_params name e.g. 'data.labeled_dir'
+        # instead of the whole section
         folder_keys = ("labeled_dir", "unlabeled_dir", "test_dir")
         if self.source == "folders":
             bad = [k for k in folder_keys if not getattr(self, k)]
@@ -105,6 +106,15 @@ class StudentNoiseParams(NoiseParams):
     unlabeled_model_noise: bool = True  # dropout + stochastic depth in their forward pass
 
 
+@lru_cache(maxsize=1)
+def _timm_models() -> frozenset[str]:
+    # timm (and torch with it) is imported at the first architecture check, not when this module is
+    # imported (modules that only use these types stay light); the registry is listed once per process
+    import timm
+
+    return frozenset(timm.list_models())
+
+
 class ModelParams(_Section):
     """A timm architecture and its small-image adaptation."""
 
@@ -115,6 +125,24 @@ class ModelParams(_Section):
     small_image: bool = True
     # Optional local weights file (timm / torch state dict); never downloaded.
     pretrained_file: str | None = None
+
+    @field_validator("arch")
+    @classmethod
+    def _known_to_timm(cls, arch: str) -> str:
+        # Checked while the params are read, so every stage refuses a misspelt model before it opens an
+        # MLflow run or loads data; models.create_classifier keeps its own check for specs from elsewhere.
+        import timm
+
+        names = _timm_models()
+        # is_model also accepts the registry's pretrained tags ('resnet50.a1_in1k'), as create_classifier does
+        if arch in names or timm.is_model(arch):
+            return arch
+        close = difflib.get_close_matches(arch, sorted(names), n=5)
+        hint = f"close matches: {', '.join(close)}" if close else "no close match; see timm.list_models()"
+        # values go in as context, filling the template's placeholders (an f-string would let braces in
+        # a user's value read as placeholders)
+        context = {"arch": repr(arch), "hint": hint}
+        raise PydanticCustomError("timm_model", "{arch} is not a timm model; {hint}", context)
 
 
 class OptimParams(_Section):
@@ -285,17 +313,33 @@ class Params(_Section):
 
     @model_validator(mode="after")
     def _iterations_chain(self) -> Params:
-        seen = {"teacher"}
+        # Each bad name is reported at its own location (iterations.<it>.teacher, evaluate.<index>), so
+        # load_params names that key and value instead of the model root and the whole params mapping.
+        details: list[InitErrorDetails] = []
+        seen = ["teacher"]
         for name, it in self.iterations.items():
-            teacher = it.teacher
-            if teacher not in seen:
-                raise ValueError(
-                    f"iterations.{name}: teacher '{teacher}' must be 'teacher' or an earlier iteration ({sorted(seen)})"
+            if it.teacher not in seen:
+                why = "{got} is not 'teacher' or an earlier iteration; allowed: {allowed}"
+                context = {"got": repr(it.teacher), "allowed": ", ".join(seen)}
+                details.append(
+                    InitErrorDetails(
+                        type=PydanticCustomError("iteration_teacher", why, context),
+                        loc=("iterations", name, "teacher"),
+                        input=it.teacher,
+                    )
                 )
-            seen.add(name)
-        for name in self.evaluate:
+            seen.append(name)
+        for index, name in enumerate(self.evaluate):
             if name not in seen:
-                raise ValueError(f"evaluate: '{name}' is not a model of this pipeline ({sorted(seen)})")
+                why = "{got} is not a model of this pipeline; allowed: {allowed}"
+                context = {"got": repr(name), "allowed": ", ".join(seen)}
+                details.append(
+                    InitErrorDetails(
+                        type=PydanticCustomError("evaluate_model", why, context), loc=("evaluate", index), input=name
+                    )
+                )
+        if details:
+            raise ValidationError.from_exception_data(type(self).__name__, details)
         return self
 
     def for_iteration(self, name: str) -> Params:
@@ -326,10 +370,25 @@ class ParamsError(ValueError):
     """A params file that cannot be used; the message names file, key and expectation."""
 
 
+# custom error types whose message already quotes the value found and says what is allowed
+_SELF_DESCRIBED = ("timm_model", "iteration_teacher", "evaluate_model")
+_MAX_INPUT_CHARS = 80
+
+
+def _shorten(value: Any) -> str:
+    """``repr(value)`` cut to a line: an error at a section (or the root) must not print the whole mapping."""
+    text = repr(value)
+    if isinstance(value, dict):
+        text = f"a mapping with keys {list(value)}"
+    return text if len(text) <= _MAX_INPUT_CHARS else text[: _MAX_INPUT_CHARS - 3] + "..."
+
+
 def _describe(err: dict[str, Any]) -> str:
     key = ".".join(str(p) for p in err["loc"]) or "<root>"
-    got = err.get("input")
+    got = _shorten(err.get("input"))
     msg = err["msg"]
+    if err["type"] in _SELF_DESCRIBED:
+        return f"key '{key}': {msg}"
     if err["type"] == "extra_forbidden" and err["loc"][-1] in PSEUDO_LABEL_NOISE_KEYS and "teacher" in err["loc"]:
         return (
             f"key '{key}': applies to pseudo-labeled images, which only the student sees; set it in the "
@@ -337,7 +396,7 @@ def _describe(err: dict[str, Any]) -> str:
         )
     if err["type"] == "extra_forbidden":
         return f"unknown key '{key}' (check the spelling; allowed keys are the ones in the default params.yaml)"
-    return f"key '{key}': got {got!r}; expected: {msg}"
+    return f"key '{key}': got {got}; expected: {msg}"
 
 
 def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:

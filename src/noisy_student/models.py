@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from noisy_student.config import ModelParams
-from noisy_student.io import atomic_path
+from noisy_student.io import save_torch
 
 CHECKPOINT_FORMAT = "noisy-student-classifier/1"
 
@@ -198,8 +198,7 @@ def save_checkpoint(path: str | Path, model: ImageClassifier, spec: ModelSpec, m
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "meta": meta,
     }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    save_torch(state, path)
 
 
 def load_classifier(

@@ -22,6 +22,9 @@ MODELS = Path("models")
 METRICS = Path("metrics")
 REPORTS = Path("reports")
 TEACHER = "teacher"  # the first teacher's model name; iterations are named in params.yaml
+# written by `check-params` once every key of params.yaml is valid; its content never varies, so a change to
+# one param reruns only the stages that read that param, while `prepare` (and so everything) waits for the check
+PARAMS_CHECK = METRICS / "params-check.json"
 
 
 def natural_key(name: str) -> tuple[int | str, ...]:
@@ -128,6 +131,7 @@ def stage_outputs(stage: str, target: str | None = None) -> set[Path]:
     """Every file or folder a DVC stage writes (``dvc.yaml``'s outs, metrics and plots of that stage)."""
     training = {model_file(target or TEACHER), curves_file(target or TEACHER), curves_file(target or TEACHER, "png")}
     outputs: dict[str, set[Path]] = {
+        "check-params": {PARAMS_CHECK},
         "prepare": {PREPARED},
         "teacher": training,
         "predict": {predictions_dir(str(target))},
@@ -138,6 +142,7 @@ def stage_outputs(stage: str, target: str | None = None) -> set[Path]:
         "report": {REPORTS / "report.md", *(REPORTS / f"{n}.png" for n in ("accuracy", "ablations", "fgsm", "curves"))},
     }
     written = outputs.get(stage, set())
-    if stage != "report":
+    # the report and the params check write no DVC metrics file
+    if stage not in ("report", "check-params"):
         written = written | {metrics_file(stage, target)}
     return written

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,11 +54,53 @@ def _git_rev() -> str:
         return "unknown"
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def _settle_unfinished_runs(experiment_id: str, name: str, resume_key: str | None) -> str | None:
+    """Runs of this stage that a killed process left RUNNING: the one to continue, the others marked KILLED.
+
+    A run is continued when it carries the same ``resume_key`` (the training resumes from that run's
+    state, so its metric history continues where it stopped); a run whose process still lives (on
+    this host) is left alone.
+    """
+    client = mlflow.MlflowClient()
+    exp = experiment_name().replace("'", "\\'")
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"attributes.run_name = '{name}' and tags.dvc_exp = '{exp}' and attributes.status = 'RUNNING'",
+        order_by=["attributes.start_time DESC"],
+    )
+    resume = None
+    for run in found:
+        tags = run.data.tags
+        pid = int(tags.get("pid", "0") or 0)
+        if tags.get("host") == socket.gethostname() and pid and _alive(pid):
+            continue
+        if resume is None and resume_key is not None and tags.get("resume_key") == resume_key:
+            resume = run.info.run_id
+        else:
+            client.set_terminated(run.info.run_id, status="KILLED")
+    return resume
+
+
 @contextmanager
-def stage_run(stage: str, params: Params, sections: tuple[str, ...], target: str | None = None) -> Iterator[Any]:
+def stage_run(
+    stage: str, params: Params, sections: tuple[str, ...], target: str | None = None, resume_key: str | None = None
+) -> Iterator[Any]:
     """One MLflow run per stage execution, with its params, tags and the DVC experiment name.
 
     ``target``: the iteration or model the stage ran for (part of the run name, :func:`paths.run_name`).
+    ``resume_key``: a training run's resume key; a run with the same key that a killed process left
+    RUNNING is continued instead of starting a new one, so a resumed training has one continuous
+    history. Other runs of this stage left RUNNING by dead processes are marked KILLED.
     """
     mlflow.set_tracking_uri(tracking_uri())
     name = params.tracking.experiment
@@ -67,7 +110,7 @@ def stage_run(stage: str, params: Params, sections: tuple[str, ...], target: str
             mlflow.create_experiment(name, artifact_location=artifacts)
         except mlflow.exceptions.MlflowException:
             pass  # created concurrently by another stage
-    mlflow.set_experiment(name)
+    experiment = mlflow.set_experiment(name)
     dumped = params.model_dump(mode="json")
     logged = {"seed": params.seed, **flatten({k: dumped[k] for k in sections})}
     params_hash = hashlib.sha256(json.dumps(dumped, sort_keys=True).encode()).hexdigest()[:12]
@@ -77,8 +120,12 @@ def stage_run(stage: str, params: Params, sections: tuple[str, ...], target: str
         "git_rev": _git_rev(),
         "dvc_exp": experiment_name(),
         "params_hash": params_hash,
+        "host": socket.gethostname(),
+        "pid": str(os.getpid()),
+        **({"resume_key": resume_key} if resume_key else {}),
     }
-    with mlflow.start_run(run_name=run_name(stage, target), tags=tags) as run:
+    resume = _settle_unfinished_runs(experiment.experiment_id, run_name(stage, target), resume_key)
+    with mlflow.start_run(run_id=resume, run_name=None if resume else run_name(stage, target), tags=tags) as run:
         mlflow.log_params(logged)
         yield run
 

@@ -130,10 +130,14 @@ def decode_image(path: Path, size: int, channels: int) -> np.ndarray:
 
     :func:`noisy_student.data.images.decode_image` with the ``"square"`` fit: EXIF orientation
     applied, the shorter side resized to ``size`` (bilinear, antialiased) and the centre square
-    kept, in one resampling; JPEGs are drafted (decoded at a reduced scale) for speed.
+    kept, in one resampling; JPEGs are drafted (decoded at a reduced scale) for speed. Raises
+    :class:`FolderDataError` naming the file when it cannot be decoded or is too small
+    (shorter side below :data:`~noisy_student.data.images.MIN_IMAGE_SIDE` px).
     """
     try:
         return images.decode_image(path, size, channels, fit="square", draft=True)
+    except images.ImageTooSmallError as exc:  # decodable, but not a real image: its message names file and size
+        raise FolderDataError(f"{exc} (delete or replace it)") from None
     except Exception as exc:  # any decoder failure is a property of the user's file: report it with its path
         raise FolderDataError(
             f"{path}: cannot read this image ({type(exc).__name__}: {exc}); "

@@ -20,6 +20,9 @@ Then one of three fits brings it to the output size (bilinear, antialiased):
   resampling of the centre box (sub-pixel box, no intermediate image).
 
 Arrays are uint8 ``(H, W)`` for 1 channel, ``(H, W, 3)`` for 3.
+
+A file whose shorter side is below :data:`MIN_IMAGE_SIDE` px is refused (:class:`ImageTooSmallError`)
+rather than stretched into a flat output image.
 """
 
 from __future__ import annotations
@@ -36,6 +39,17 @@ Fit = Literal["stretch", "crop", "square"]
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
 _ALPHA_MODES = ("RGBA", "LA", "PA")
 _WHITE = (255, 255, 255, 255)
+
+# Why 8 px: it is the smallest output size params allow (every image_size in config.py is >= 8), and
+# below it a file holds no recognisable content (1x1 / 2x2 placeholders, tracking pixels, broken
+# exports): bilinear upscaling turns it into a flat image that would silently enter training or an
+# evaluation with a label. Real small inputs (Fashion-MNIST's 28 px, CIFAR's 32 px, thumbnails)
+# stay well above it, so a 28 px image resized to 32 is still accepted.
+MIN_IMAGE_SIDE = 8
+
+
+class ImageTooSmallError(ValueError):
+    """An image file too small to be a real input; the message names the file, its size and the minimum."""
 
 
 def image_hw(size: ImageSize) -> tuple[int, int]:
@@ -102,6 +116,20 @@ def prepare_image(
     return np.array(out, dtype=np.uint8)
 
 
+def check_image_size(width: int, height: int, source: str | Path, size: ImageSize) -> None:
+    """Refuse an image of ``width`` x ``height`` px whose shorter side is below :data:`MIN_IMAGE_SIDE`.
+
+    ``source`` names the file in the message; ``size`` is the output size it was to be brought to.
+    Raises :class:`ImageTooSmallError`.
+    """
+    if min(width, height) < MIN_IMAGE_SIDE:
+        h, w = image_hw(size)
+        raise ImageTooSmallError(
+            f"{source}: image is {width}x{height} px (width x height), too small to be a real input; "
+            f"expected a shorter side of at least {MIN_IMAGE_SIDE} px (it would be resized to {w}x{h} px)"
+        )
+
+
 def decode_image(
     path: str | Path,
     size: ImageSize,
@@ -115,8 +143,11 @@ def decode_image(
     ``draft``: let a JPEG decoder downscale by 1/2..1/8 while both sides stay >= the output size
     (much faster on large photos; the pixels differ slightly from a full decode). PIL's errors
     (``OSError``, ``SyntaxError``, ...) propagate; the callers name the file in their own message.
+    An image whose shorter side is below :data:`MIN_IMAGE_SIDE` px raises :class:`ImageTooSmallError`.
     """
     with Image.open(path) as image:
+        # the stored size, before a draft shrinks it (the EXIF rotation below keeps the shorter side)
+        check_image_size(image.width, image.height, path, size)
         if draft:
             image.draft(channel_mode(channels), image_hw(size)[::-1])
         upright = ImageOps.exif_transpose(image)

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from noisy_student.io import atomic_path
 from noisy_student.pseudo_labels.shards import shard_files
+from noisy_student.pseudo_labels.targets import parquet_errors
 
 if TYPE_CHECKING:  # annotations only: the selection itself needs no pydantic
     from noisy_student.config import FilterParams
@@ -164,16 +165,23 @@ def filter_balance_shards(
     :data:`ROW_GROUP_ROWS`. The file is byte-identical to
     ``pq.write_table(pq.read_table(predictions).take(rows) + copies)``, with peak
     memory of one shard plus one row group instead of the whole table.
-    ``num_classes=None`` reads it from the shards (the width of ``probs``).
+    ``num_classes=None`` reads it from the shards (the width of ``probs``). A shard pyarrow cannot
+    read raises :class:`~noisy_student.pseudo_labels.targets.ParquetReadError` naming it; ``out``
+    is then left as it was (written atomically).
     """
     files = shard_files(predictions)
-    sizes = [pq.ParquetFile(path).metadata.num_rows for path in files]
+    sizes: list[int] = []
+    for path in files:
+        with parquet_errors(path, "predict"):
+            sizes.append(pq.ParquetFile(path).metadata.num_rows)
     offsets = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
-    schema = pq.read_schema(files[0])
+    with parquet_errors(files[0], "predict"):
+        schema = pq.read_schema(files[0])
     # filled shard by shard into preallocated arrays: no second copy from a final concatenate
     small = {name: np.empty(offsets[-1], dtype=schema.field(name).type.to_pandas_dtype()) for name in SELECTION_COLUMNS}
     for i, path in enumerate(files):
-        shard = pq.read_table(path, columns=list(SELECTION_COLUMNS))
+        with parquet_errors(path, "predict"):  # damaged pages surface only when the columns are decoded
+            shard = pq.read_table(path, columns=list(SELECTION_COLUMNS))
         for name in SELECTION_COLUMNS:
             small[name][offsets[i] : offsets[i + 1]] = shard[name].to_numpy()
     del shard
@@ -211,7 +219,8 @@ def filter_balance_shards(
             lo, hi = int(bounds[i]), int(bounds[i + 1])
             if lo == hi:
                 continue
-            shard = pq.read_table(path).take(rows[lo:hi] - offsets[i])
+            with parquet_errors(path, "predict"):
+                shard = pq.read_table(path).take(rows[lo:hi] - offsets[i])
             pending.append(shard.append_column("copies", [copies[lo:hi]]))
             pending_rows += hi - lo
             del shard
@@ -219,7 +228,8 @@ def filter_balance_shards(
                 flush(ROW_GROUP_ROWS)
         flush(1)
         if writer is None:  # nothing selected: an empty table with the full schema, as the reference writes
-            empty = pq.read_table(files[0]).slice(0, 0)
+            with parquet_errors(files[0], "predict"):
+                empty = pq.read_table(files[0]).slice(0, 0)
             pq.write_table(empty.append_column("copies", [np.zeros(0, dtype=np.int64)]), tmp)
         else:
             writer.close()
@@ -258,7 +268,8 @@ def filter_balance(predictions: Path, out: Path, params: FilterParams, seed: int
     """Select rows of the ``predictions`` shards by ``params`` (see :func:`select_rows`), write them to ``out``.
 
     The number of classes is read from the shards. Raises ``FileNotFoundError``
-    when the folder or its shards are missing.
+    when the folder or its shards are missing, ``ParquetReadError`` (a ``ValueError``) naming a
+    shard pyarrow cannot read.
     """
     # out of core: only pred/confidence/label are loaded; selected rows are streamed shard by shard
     sel = filter_balance_shards(

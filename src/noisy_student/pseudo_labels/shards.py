@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from noisy_student.data.imageset import ImageSet
-from noisy_student.pseudo_labels.targets import TOPK_CLASSES, TOPK_PROBS, top_k
+from noisy_student.pseudo_labels.targets import TOPK_CLASSES, TOPK_PROBS, parquet_errors, top_k
 
 
 def prediction_table(
@@ -51,12 +51,20 @@ def prediction_table(
 
 
 def shard_files(predictions: Path) -> list[str]:
-    """The Parquet shards of a predictions folder, in the order ``pq.read_table(folder)`` reads them."""
+    """The Parquet shards of a predictions folder, in the order ``pq.read_table(folder)`` reads them.
+
+    Every shard's footer is read, so a truncated shard (e.g. a copy cut short) stops here with a
+    :class:`~noisy_student.pseudo_labels.targets.ParquetReadError` naming it, before anything is
+    written; ``FileNotFoundError`` when the folder or its shards are missing.
+    """
     if not predictions.is_dir():
         raise FileNotFoundError(f"{predictions}: predictions folder not found (run `predict` first)")
     files = list(pq.ParquetDataset(str(predictions)).files)
     if not files:
         raise FileNotFoundError(f"{predictions}: no Parquet shards in the predictions folder")
+    for path in files:
+        with parquet_errors(path, "predict"):
+            pq.read_metadata(path)
     return files
 
 

@@ -6,6 +6,8 @@ they are tested without a model.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,6 +16,30 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from noisy_student.data.imageset import ImageSet
+
+
+class ParquetReadError(ValueError):
+    """A Parquet input pyarrow cannot read (truncated, corrupt, not Parquet); the message names the file and the fix."""
+
+
+@contextmanager
+def parquet_errors(path: str | Path, producer: str) -> Iterator[None]:
+    """Re-raise pyarrow's errors while reading ``path`` as one :class:`ParquetReadError` naming it.
+
+    ``producer``: the stage that writes the file (``predict``, ``filter-balance``), named in the fix.
+    pyarrow reports a truncated file (no footer) as ``ArrowInvalid`` and damaged pages as ``OSError``,
+    neither naming the file nor the way out; a missing file stays a ``FileNotFoundError``.
+    """
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except (pa.ArrowInvalid, OSError) as exc:
+        reason = " ".join(str(exc).split())  # one line, whatever pyarrow's message holds
+        raise ParquetReadError(
+            f"{path}: not a readable Parquet file, truncated or corrupt ({reason}); "
+            f"rerun the `{producer}` stage (`dvc repro`) or restore the file with `dvc checkout`"
+        ) from exc
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -131,7 +157,8 @@ def student_targets(
     of the dense ``(N, num_classes)`` probabilities before duplication), the
     last two as the student's resume key has always hashed them.
 
-    Raises ``FileNotFoundError`` when the file is missing and ``ValueError``
+    Raises ``FileNotFoundError`` when the file is missing, :class:`ParquetReadError` (a
+    ``ValueError``) naming it when it is not a readable Parquet file, and ``ValueError``
     naming it when nothing was selected (``threshold``, the
     ``filter.confidence_threshold`` used, goes into that message when given),
     when it has no probability columns, or when an id is not in ``pool``.
@@ -139,7 +166,8 @@ def student_targets(
     selected_path = Path(selected_path)
     if not selected_path.is_file():
         raise FileNotFoundError(f"{selected_path}: selected pseudo labels not found (run `filter-balance` first)")
-    table = pq.read_table(selected_path)
+    with parquet_errors(selected_path, "filter-balance"):
+        table = pq.read_table(selected_path)
     if len(table) == 0:
         used = "" if threshold is None else f"={threshold}"
         raise ValueError(

@@ -12,7 +12,7 @@ import pandas as pd
 
 from noisy_student.report.tables import BASELINE, latest_training_runs
 
-RUN_COLUMNS = ["run_id", "run_name", "dvc_exp", "start_time", "params_hash", "top1", "params"]
+RUN_COLUMNS = ["run_id", "run_name", "dvc_exp", "start_time", "status", "params_hash", "top1", "params"]
 HISTORY_COLUMNS = ["dvc_exp", "run_name", "epoch", "top1"]
 
 
@@ -43,6 +43,7 @@ def mlflow_runs(uri: str, experiment: str) -> pd.DataFrame:
                     "run_name": r.info.run_name,
                     "dvc_exp": r.data.tags.get("dvc_exp", BASELINE),
                     "start_time": r.info.start_time,
+                    "status": r.info.status,
                     "params_hash": r.data.tags.get("params_hash"),
                     # eval runs log top1; training runs their last epoch's test_top1 (the fallback)
                     "top1": r.data.metrics.get("top1", r.data.metrics.get("test_top1", float("nan"))),
@@ -74,4 +75,7 @@ def training_histories(uri: str, runs: pd.DataFrame) -> pd.DataFrame:
         for m in client.get_metric_history(run.run_id, "test_top1")
         if m.step > 0  # epochs count from 1; step 0 would be a summary value
     ]
-    return pd.DataFrame(rows, columns=HISTORY_COLUMNS).sort_values(["run_name", "dvc_exp", "epoch"], ignore_index=True)
+    frame = pd.DataFrame(rows, columns=HISTORY_COLUMNS)
+    # a resumed run logs again the epochs between its last saved state and the kill (same values: exact resume)
+    frame = frame.drop_duplicates(["dvc_exp", "run_name", "epoch"], keep="last")
+    return frame.sort_values(["run_name", "dvc_exp", "epoch"], ignore_index=True)

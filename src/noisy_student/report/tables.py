@@ -224,11 +224,18 @@ def ordered_models(names: Iterable[str]) -> list[str]:
 
 
 def latest_training_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """The latest ``teacher`` / ``student@<it>`` run of every experiment (rows of ``runs``, by start time)."""
+    """The latest ``teacher`` / ``student@<it>`` run of every experiment (rows of ``runs``, by start time).
+
+    A run that ended well (or still runs) wins over a later killed or failed one, whose curve stops
+    part-way; without a ``status`` column every run counts.
+    """
     if runs.empty or "run_name" not in runs:
         return runs.iloc[0:0]
     training = runs[runs["run_name"].astype(str).map(_is_training_run)]
-    return training.sort_values("start_time").groupby(["dvc_exp", "run_name"], sort=False).tail(1)
+    whole = ~training["status"].isin(["KILLED", "FAILED"]) if "status" in training else True
+    training = training.assign(_finished=whole)
+    latest = training.sort_values(["_finished", "start_time"]).groupby(["dvc_exp", "run_name"], sort=False).tail(1)
+    return latest.drop(columns="_finished")
 
 
 def _is_training_run(name: str) -> bool:

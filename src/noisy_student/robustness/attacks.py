@@ -7,7 +7,8 @@ model's own normalisation; ``epsilon_255`` is in 0..255 pixel units as in the No
 
 Attacks run in float32 without autocast (bfloat16 gradients are too coarse for the sign of small
 input gradients) with the model in eval mode (dropout and stochastic depth off, BatchNorm on its
-running statistics); the model's train/eval mode is restored afterwards.
+running statistics); the model's train/eval mode is restored afterwards. They take their input
+gradients with gradients enabled, also when called inside ``torch.no_grad()``.
 """
 
 from __future__ import annotations
@@ -45,9 +46,13 @@ def _check(images: torch.Tensor, labels: torch.Tensor, epsilon_255: float) -> No
 
 
 def _input_gradient(model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """d(summed cross entropy)/dx for float32 ``x (N, C, H, W)``; same shape."""
+    """d(summed cross entropy)/dx for float32 ``x (N, C, H, W)``; same shape.
+
+    Gradients are switched on here, so an attack also works when its caller runs under
+    ``torch.no_grad()`` (an evaluation loop usually does).
+    """
     x = x.detach().requires_grad_(True)
-    with torch.autocast(x.device.type, enabled=False):
+    with torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
         logits = model(x)
         # summed, not averaged: the per-image gradient does not shrink with the batch size
         loss = F.cross_entropy(logits.float(), labels, reduction="sum")

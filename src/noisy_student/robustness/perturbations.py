@@ -10,9 +10,10 @@ snowflakes) come from ``generator`` (as in ``corruptions``), so a seed fixes the
 
 Two kinds of sequence (this decides how ``metrics.flip_probability`` compares frames):
 
-- ``NOISE_PERTURBATIONS`` (gaussian_noise, shot_noise, speckle_noise): every frame, frame 0
-  included, is an independent draw of noise at one fixed level, so frames are compared with the
-  first one;
+- ``NOISE_PERTURBATIONS`` (gaussian_noise, shot_noise, speckle_noise): frame 0 is the clean image
+  and frames 1..T-1 are independent draws of noise at one fixed level, so every noisy frame is
+  compared with the clean first one, as in ImageNet-P (its noise videos start with the unperturbed
+  image; its evaluation compares each later frame with frame 0);
 - all others: one parameter moves in equal steps from frame 0 to frame T-1, so consecutive frames
   are compared. For the geometric ones and brightness, frame 0 is the clean image.
 
@@ -37,7 +38,9 @@ scale           zoom out from 1 to 0.8 about the centre
 shear           horizontal shear 0 .. 0.15, random sign per image (extra)
 ==============  ======================================================================
 
-Geometric warps sample bilinearly with mirrored borders, so no black corners appear.
+Geometric warps sample bilinearly; pixels the warp brings in from outside the image are black
+(zero), as in ImageNet-P (torchvision's affine and OpenCV's warpPerspective fill with 0). Black is
+Fashion-MNIST's background, so a moved garment shows no mirrored slivers of itself.
 """
 
 from __future__ import annotations
@@ -102,10 +105,15 @@ def _identity_theta(n: int, device: torch.device) -> torch.Tensor:
     return torch.eye(2, 3, device=device).unsqueeze(0).repeat(n, 1, 1)
 
 
+# What a warp samples outside the image: zeros = black, the background of Fashion-MNIST and the fill of
+# ImageNet-P's warps; "reflection" would mirror parts of the object into the vacated border.
+_PADDING = "zeros"
+
+
 def _warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """Resample ``x (N, C, H, W)`` at ``theta (N, 2, 3)`` @ (output pixel, in -1..1 coordinates)."""
+    """Resample ``x (N, C, H, W)`` at ``theta (N, 2, 3)`` @ (output pixel, in -1..1 coordinates); black outside."""
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode=_PADDING, align_corners=False)
 
 
 def _aspect(x: torch.Tensor) -> tuple[float, float]:
@@ -131,7 +139,7 @@ def _tilt(x: torch.Tensor, tilt_rad: torch.Tensor, axis_rad: torch.Tensor) -> to
 
     The axis has direction ``axis_rad`` (both ``(N,)``). The camera sits on the optical axis at
     distance f = max(H, W) px looking at the image centre; output pixels are mapped back to the
-    plane with the inverse homography.
+    plane with the inverse homography; points off the image are black.
     """
     n, _, h, w = x.shape
     f = float(max(h, w))
@@ -162,7 +170,7 @@ def _tilt(x: torch.Tensor, tilt_rad: torch.Tensor, axis_rad: torch.Tensor) -> to
     src = points @ inverse.transpose(1, 2)
     src = src[..., :2] / src[..., 2:3]
     grid = torch.stack([src[..., 0] / (w / 2.0), src[..., 1] / (h / 2.0)], dim=-1).view(n, h, w, 2)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode=_PADDING, align_corners=False)
 
 
 def perturbation_sequence(
@@ -176,7 +184,8 @@ def perturbation_sequence(
     ``images``: ``(N, C, H, W)`` uint8 0..255 or float 0..1, C = 1 or 3. ``name``: one of
     ``PERTURBATIONS`` or ``EXTRA_PERTURBATIONS``. Returns ``(N, frames, C, H, W)`` in the input's
     dtype, range and device. Frame t of a non-noise sequence has progress t / (frames - 1) of the
-    parameter's range (module docstring); noise frames are i.i.d. draws at one level.
+    parameter's range (module docstring); noise sequences start with the clean image, then i.i.d.
+    draws at one level.
     """
     known = PERTURBATIONS + EXTRA_PERTURBATIONS
     if name not in known:
@@ -202,7 +211,7 @@ def perturbation_sequence(
         direction = uniform((n,), g, dev) * 2.0 * math.pi
     if name == "tilt":
         axis = uniform((n,), g, dev) * math.pi
-    for t in progress:
+    for index, t in enumerate(progress):
         if name == "gaussian_noise":
             frame = x + normal((n, c, h, w), g, dev) * GAUSSIAN_NOISE_STD
         elif name == "shot_noise":
@@ -248,5 +257,10 @@ def perturbation_sequence(
             sx, sy = _aspect(x)
             theta[:, 0, 1] = sign * t * SHEAR_MAX * sy / sx
             frame = _warp(x, theta)
+        if index == 0 and name in NOISE_PERTURBATIONS:
+            # ImageNet-P's noise videos start from the unperturbed image. Frame 0's noise is still drawn
+            # (and dropped) so the generator advances as before: the noisy frames, and every sequence
+            # drawn after this one from a shared generator (robustness.build), stay the same.
+            frame = x
         out.append(from_float(frame, images.dtype))
     return torch.stack(out, dim=1)

@@ -4,9 +4,11 @@ from noisy_student.training.fixres import fixres_finetune
 from noisy_student.training.loop import EpochCallback, EvalFn, TrainData, one_hot, train_classifier
 from noisy_student.training.recipe import (
     PlanError,
+    RunLockedError,
     RunPlan,
     TrainingInputs,
     TrainResult,
+    claim_run,
     save_training_outputs,
     train_model,
 )
@@ -17,10 +19,12 @@ __all__ = [
     "EvalFn",
     "NoisyStudentTask",
     "PlanError",
+    "RunLockedError",
     "RunPlan",
     "TrainData",
     "TrainResult",
     "TrainingInputs",
+    "claim_run",
     "fixres_finetune",
     "joint_loss",
     "one_hot",

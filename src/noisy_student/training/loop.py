@@ -14,6 +14,7 @@ exactly (same weights as an uninterrupted run).
 
 from __future__ import annotations
 
+import pickle
 import sys
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -29,7 +30,7 @@ from timm.scheduler.scheduler import Scheduler
 from tqdm.auto import tqdm
 
 from noisy_student.config import NoiseParams, OptimParams, StudentNoiseParams
-from noisy_student.io import atomic_path
+from noisy_student.io import save_torch
 from noisy_student.models import ImageClassifier
 from noisy_student.noise import BatchAugment
 from noisy_student.seeds import seed_everything
@@ -156,8 +157,13 @@ class _Resume:
         """The saved progress (model, optimizer, streams and RNGs restored in place), or None."""
         if self.path is None or not self.path.is_file():
             return None
-        state = torch.load(self.path, map_location="cpu", weights_only=False)
-        if state.get("key") != self.key:
+        try:
+            # tensors and plain containers only: a crafted file in the checkpoint folder cannot run code
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+            tqdm.write(f"ignoring unreadable training state {self.path} ({type(exc).__name__}); starting over")
+            return None
+        if not isinstance(state, dict) or state.get("key") != self.key:
             return None
         self.task.load_checkpoint_state(state["state_dict"])
         if self.task.has_ema() and "state_dict_ema" in state:
@@ -189,8 +195,7 @@ class _Resume:
         }
         if self.task.has_ema():
             state.update(self.task.get_checkpoint_state(ema=True))
-        with atomic_path(self.path) as tmp:
-            torch.save(state, tmp)
+        save_torch(state, self.path)
 
     def finish(self) -> None:
         if self.path is not None and self.path.exists():

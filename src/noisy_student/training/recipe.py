@@ -15,10 +15,13 @@ a run resumes only on the same params *and* the same data.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -42,6 +45,10 @@ from noisy_student.training.loop import EpochCallback, TrainData, one_hot, train
 
 class PlanError(ValueError):
     """A plan that cannot be trained as configured (student too small, warm start from another architecture)."""
+
+
+class RunLockedError(PlanError):
+    """Another process is training the same run (same plan, same data) right now."""
 
 
 @dataclass(frozen=True)
@@ -188,6 +195,83 @@ def build_model(
     return model, spec
 
 
+def training_data(plan: RunPlan, inputs: TrainingInputs) -> TrainData:
+    """The tensors the loop trains on: uint8 labeled images with their (smoothed) one-hot targets, and
+    the pseudo-labeled rows."""
+    return TrainData(
+        images_tensor(inputs.labeled.images),
+        one_hot(inputs.labeled.labels, inputs.num_classes, smoothing=plan.optim.label_smoothing),
+        inputs.unlabeled_images,
+        inputs.unlabeled_targets,
+    )
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+@contextmanager
+def claim_run(plan: RunPlan, inputs: TrainingInputs, checkpoints: Path) -> Iterator[str]:
+    """Hold the run's lock while it trains; yield its resume key (:meth:`RunPlan.key` of its data).
+
+    A second process asking for the same run (same plan, same data: the same resume files) gets a
+    :class:`RunLockedError` at once instead of resuming from a state the first one is still writing.
+    On a clean exit the run's resumable states are gone (each phase removes its own) and states of
+    the same model left by killed runs with other params or data are removed too.
+    """
+    key = plan.key(training_data(plan, inputs))
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    lock = checkpoints / f"{plan.name}-{key}.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    if not _try_lock(fd):
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise RunLockedError(
+            f"another process (pid {holder}) is training {plan.name} with these params and data "
+            f"(lock {lock}); wait for it to finish or stop it, then rerun"
+        )
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    try:
+        yield key
+        remove_stale_states(checkpoints, plan.name)
+    finally:
+        lock.unlink(missing_ok=True)
+        os.close(fd)  # releases the lock
+
+
+def remove_stale_states(checkpoints: Path, name: str) -> list[Path]:
+    """Delete the resumable states of model ``name`` that no process is training (killed runs), with their
+    temp files and lock files; return what was removed."""
+    removed: list[Path] = []
+    for lock in sorted(checkpoints.glob(f"{name}-*.lock")):
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            if not _try_lock(fd):
+                continue  # a live run (e.g. another queued experiment) holds it
+            key = lock.stem[len(name) + 1 :]
+            for state in checkpoints.glob(f"{name}-{key}*.pt"):
+                state.unlink(missing_ok=True)
+                removed.append(state)
+            lock.unlink(missing_ok=True)
+            removed.append(lock)
+        finally:
+            os.close(fd)
+    locked = {lock.stem for lock in checkpoints.glob(f"{name}-*.lock")}
+    for state in sorted(checkpoints.glob(f"{name}-*.pt")):
+        if not any(state.stem.startswith(stem) for stem in locked):
+            state.unlink(missing_ok=True)
+            removed.append(state)
+    for tmp in sorted(checkpoints.glob(f".{name}-*.tmp")):
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
 def train_model(
     plan: RunPlan,
     inputs: TrainingInputs,
@@ -210,12 +294,7 @@ def train_model(
         acc = topk_accuracy(logits, inputs.test.labels)
         return {"test_top1": acc["top1"], "test_top5": acc["top5"]}
 
-    data = TrainData(
-        images_tensor(inputs.labeled.images),
-        one_hot(inputs.labeled.labels, inputs.num_classes, smoothing=plan.optim.label_smoothing),
-        inputs.unlabeled_images,
-        inputs.unlabeled_targets,
-    )
+    data = training_data(plan, inputs)
     key = plan.key(data)
     start = time.perf_counter()
     final, history = train_classifier(
