@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from noisy_student.data import load_imageset
-from noisy_student.paths import TEST
+from noisy_student.paths import TEST, pgd_point
 from noisy_student.report.charts import attack_curve
 from noisy_student.robustness.evaluate import evaluate_attacks, load_model_under_test, save_attack_curve
 from noisy_student.tracking import log_artifacts, stage_run, write_metrics
@@ -28,6 +28,7 @@ def main(
     test: Path = typer.Option(TEST, help="Clean test set."),
     metrics: Path = METRICS_OPTION,
     curve: Path = typer.Option(..., help="CSV epsilon,top1 (DVC plot)."),
+    pgd: Path | None = typer.Option(None, help="CSV epsilon,steps,top1 of PGD (DVC plot); default: beside --curve."),
     plot: Path = typer.Option(..., help="PNG of the curve."),
     params_file: Path = PARAMS_OPTION,
 ) -> None:
@@ -39,7 +40,7 @@ def main(
         net = load_model_under_test(model, params)
     with stage_run("eval-FGSM", params, ("robustness",), name):
         result = evaluate_attacks(net, data, params)
-        save_attack_curve(result, curve)
+        save_attack_curve(result, curve, pgd or curve.parent / pgd_point(name).name)
         attack_curve({name: result.curve()}, f"FGSM ({name})", plot)
         log_artifacts("plots", plot)
         write_metrics(metrics, result.metrics())

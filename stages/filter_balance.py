@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from noisy_student.pseudo_labels import filter_balance, shard_files, write_class_counts
+from noisy_student import paths
+from noisy_student.pseudo_labels import confidence_bins, filter_balance, shard_files, write_table
 from noisy_student.report.charts import confidence_histogram
 from noisy_student.seeds import seed_for
 from noisy_student.tracking import log_artifacts, stage_run, write_metrics
@@ -20,6 +21,9 @@ def main(
     metrics: Path = typer.Option(..., help="Stats JSON (DVC metric)."),
     plot: Path = typer.Option(..., help="Confidence histogram PNG."),
     classes_csv: Path = typer.Option(..., help="Per-class kept/dropped counts (CSV, DVC plot)."),
+    bins_csv: Path | None = typer.Option(
+        None, help="The confidence histogram as data (CSV, DVC plot); default: paths.confidence_bins beside --metrics."
+    ),
     params_file: Path = PARAMS_OPTION,
 ) -> None:
     """Select pseudo-labeled images the paper's way and record what was kept and dropped."""
@@ -30,10 +34,13 @@ def main(
     with stage_run("filter-balance", params, ("filter",), iteration):
         with friendly_errors(ValueError):  # a shard damaged past its footer: ParquetReadError
             result = filter_balance(predictions, out, f, seed_for(params.seed, "filter"))
-        write_class_counts(classes_csv, result.per_class)
+        write_table(classes_csv, result.per_class)
+        bins = confidence_bins(result.confidence, result.out_of_domain)
+        bins_csv = bins_csv or paths.confidence_bins(iteration, metrics.parent)
+        write_table(bins_csv, bins)
         log_artifacts("tables", classes_csv)
-        title = f"teacher confidence ({iteration})"
-        confidence_histogram(result.confidence, result.out_of_domain, f.confidence_threshold, title, plot)
+        log_artifacts("confidence", bins_csv)  # as in metrics/: confidence/<iteration>.csv
+        confidence_histogram(bins, f.confidence_threshold, f"teacher confidence ({iteration})", plot)
         log_artifacts("plots", plot)
         write_metrics(metrics, result.stats)
     typer.echo(result.summary)

@@ -21,6 +21,11 @@ ROBUSTNESS_DATA = Path("data/robustness")
 MODELS = Path("models")
 METRICS = Path("metrics")
 REPORTS = Path("reports")
+# folders that hold only plot data, each declared once as a top-level DVC plot (dvc.yaml `plots:`) with a list of
+# y columns, which a stage-level plot cannot have: DVC makes one plot per file in them, so every trained model and
+# every iteration gets its plot without dvc.yaml naming it, and `dvc plots diff` overlays revisions per file
+CURVES = METRICS / "curves"
+CONFIDENCE = METRICS / "confidence"
 TEACHER = "teacher"  # the first teacher's model name; iterations are named in params.yaml
 # written by `check-params` once every key of params.yaml is valid; its content never varies, so a change to
 # one param reruns only the stages that read that param, while `prepare` (and so everything) waits for the check
@@ -96,15 +101,25 @@ def robustness_baseline_file(folder: Path = ROBUSTNESS_DATA) -> Path:
 
 def curves_file(model: str, suffix: str = "csv", metrics: Path = METRICS) -> Path:
     """Per-epoch training history of a model (``csv``) and its plot (``png``)."""
-    return metrics / "curves" / f"{training_name(model)}.{suffix}"
+    return metrics / CURVES.name / f"{training_name(model)}.{suffix}"
 
 
 def fgsm_curve(model: str, suffix: str = "csv", metrics: Path = METRICS) -> Path:
     return metrics / "robustness" / f"fgsm-{model}.{suffix}"
 
 
+def pgd_point(model: str, metrics: Path = METRICS) -> Path:
+    """PGD top-1 of a model at its one epsilon (CSV ``epsilon,steps,top1``), beside its FGSM curve."""
+    return metrics / "robustness" / f"pgd-{model}.csv"
+
+
 def confidence_plot(iteration: str, metrics: Path = METRICS) -> Path:
     return metrics / "plots" / f"confidence-{iteration}.png"
+
+
+def confidence_bins(iteration: str, metrics: Path = METRICS) -> Path:
+    """The teacher-confidence histogram of an iteration as data (CSV of bins), the DVC plot of the PNG above."""
+    return metrics / CONFIDENCE.name / f"{iteration}.csv"
 
 
 def filter_classes_csv(iteration: str, metrics: Path = METRICS) -> Path:
@@ -135,10 +150,15 @@ def stage_outputs(stage: str, target: str | None = None) -> set[Path]:
         "prepare": {PREPARED},
         "teacher": training,
         "predict": {predictions_dir(str(target))},
-        "filter-balance": {selected_file(str(target)), confidence_plot(str(target)), filter_classes_csv(str(target))},
+        "filter-balance": {
+            selected_file(str(target)),
+            confidence_plot(str(target)),
+            confidence_bins(str(target)),
+            filter_classes_csv(str(target)),
+        },
         "student": training,
         "robustness-data": {ROBUSTNESS_DATA},
-        "eval-FGSM": {fgsm_curve(str(target)), fgsm_curve(str(target), "png")},
+        "eval-FGSM": {fgsm_curve(str(target)), fgsm_curve(str(target), "png"), pgd_point(str(target))},
         "report": {REPORTS / "report.md", *(REPORTS / f"{n}.png" for n in ("accuracy", "ablations", "fgsm", "curves"))},
     }
     written = outputs.get(stage, set())

@@ -7,14 +7,16 @@
 """
 
 from noisy_student.pseudo_labels.select import (
+    CONFIDENCE_BINS,
     ROW_GROUP_ROWS,
     SELECTION_COLUMNS,
     FilterResult,
     ShardSelection,
+    confidence_bins,
     filter_balance,
     filter_balance_shards,
     select_rows,
-    write_class_counts,
+    write_table,
 )
 from noisy_student.pseudo_labels.shards import predict_metrics, prediction_table, shard_files, write_prediction_shards
 from noisy_student.pseudo_labels.targets import (
@@ -30,12 +32,14 @@ from noisy_student.pseudo_labels.targets import (
 )
 
 __all__ = [
+    "CONFIDENCE_BINS",
     "ROW_GROUP_ROWS",
     "SELECTION_COLUMNS",
     "TOPK_CLASSES",
     "TOPK_PROBS",
     "FilterResult",
     "ShardSelection",
+    "confidence_bins",
     "dense_from_top_k",
     "filter_balance",
     "filter_balance_shards",
@@ -49,6 +53,6 @@ __all__ = [
     "student_targets",
     "targets_from_probs",
     "top_k",
-    "write_class_counts",
     "write_prediction_shards",
+    "write_table",
 ]

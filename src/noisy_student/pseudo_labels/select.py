@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # annotations only: the selection itself needs no pydantic
 # keeps selected.parquet byte-identical to a single in-memory write_table.
 ROW_GROUP_ROWS = 1024 * 1024
 SELECTION_COLUMNS = ("pred", "confidence", "label")
+CONFIDENCE_BINS = 40  # bins of the confidence histogram over [0, 1] (0.025 wide): the CSV and the PNG share them
 
 
 def select_rows(
@@ -297,7 +298,40 @@ def filter_balance(predictions: Path, out: Path, params: FilterParams, seed: int
     return FilterResult(stats, per_class, sel.confidence, is_ood)
 
 
-def write_class_counts(path: Path, per_class: pd.DataFrame) -> None:
-    """The per-class kept/dropped table as CSV (a DVC plot), atomically."""
+def confidence_bins(confidence: np.ndarray, out_of_domain: np.ndarray, bins: int = CONFIDENCE_BINS) -> pd.DataFrame:
+    """The histogram of the teacher's top-1 confidence as a table: one row per bin of equal width over [0, 1].
+
+    ``confidence`` ``(N,)`` in 0..1, ``out_of_domain`` ``(N,)`` bool (label < 0). Columns: ``bin_start``,
+    ``bin_end``, ``confidence`` (the bin centre); ``pool``, ``in_domain``, ``out_of_domain``: densities (1/unit
+    of confidence: each group's bars integrate to 1, so pools of different sizes compare), and their
+    ``*_count`` (images). ``pool`` is every row; the in/out split exists only when some row has a known label:
+    with ``data.source: folders`` every label is -1 because the class is unknown, not because the image lies
+    outside the domain, so both split columns are then empty (NA). A group without rows has zero counts and
+    no density (NaN: a density of nothing divides by zero).
+    """
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    split = bool((~out_of_domain).any())
+    groups = {
+        "pool": np.ones(len(confidence), dtype=bool),
+        "in_domain": ~out_of_domain if split else None,
+        "out_of_domain": out_of_domain if split else None,
+    }
+    densities: dict[str, np.ndarray] = {}
+    counts: dict[str, Any] = {}  # nullable Int64 arrays: an absent group's counts are NA, written as empty cells
+    for name, rows in groups.items():
+        if rows is None:
+            densities[name], counts[f"{name}_count"] = np.full(bins, np.nan), pd.array([pd.NA] * bins, dtype="Int64")
+            continue
+        # np.histogram's last bin is closed: a confidence of exactly 1.0 counts, as in a matplotlib histogram
+        hist = np.histogram(confidence[rows], bins=edges)[0]
+        n = int(rows.sum())
+        densities[name] = hist / (n * np.diff(edges)) if n else np.full(bins, np.nan)
+        counts[f"{name}_count"] = pd.array(hist, dtype="Int64")
+    centres = (edges[:-1] + edges[1:]) / 2
+    return pd.DataFrame({"bin_start": edges[:-1], "bin_end": edges[1:], "confidence": centres, **densities, **counts})
+
+
+def write_table(path: Path, table: pd.DataFrame) -> None:
+    """A table as CSV without its index (a DVC plot), atomically; NaN / NA are written as empty cells."""
     with atomic_path(path) as tmp:
-        per_class.to_csv(tmp, index=False)
+        table.to_csv(tmp, index=False)

@@ -138,8 +138,7 @@ def training_curves(history: pd.DataFrame, title: str, path: Path) -> None:
 
 
 def confidence_histogram(
-    confidence: np.ndarray,
-    is_out_of_domain: np.ndarray,
+    bins: pd.DataFrame,
     threshold: float,
     title: str,
     path: Path,
@@ -147,21 +146,20 @@ def confidence_histogram(
 ) -> None:
     """Teacher top-1 confidence, in-domain vs out-of-domain, with the filter threshold.
 
-    Rows with a known true label are in-domain (legend ``in_domain_label``), rows with label < 0
-    out-of-domain. When no row has a known label (``data.source: folders``: every unlabeled image has
-    label -1 because its class is unknown, not because it lies outside the domain) the pool is drawn
-    as one histogram, "unlabeled pool". A group without rows is not drawn: a density histogram of
-    nothing divides by zero.
+    ``bins``: the table of :func:`noisy_student.pseudo_labels.select.confidence_bins` (densities per bin over
+    [0, 1]), so the PNG shows exactly the data of the DVC plot. The in-domain (legend ``in_domain_label``) and
+    out-of-domain groups are drawn when the pool has that split; without it (``data.source: folders``: every
+    unlabeled image has label -1 because its class is unknown) the pool is drawn as one histogram, "unlabeled
+    pool". A group without rows (all-NaN density) is not drawn.
     """
     fig, ax = _pyplot().subplots(figsize=(6, 3.4))
-    bins = np.linspace(0, 1, 41)
-    in_domain = ~is_out_of_domain
-    if in_domain.any():
-        ax.hist(confidence[in_domain], bins=bins, alpha=0.7, label=in_domain_label, density=True)
-        if is_out_of_domain.any():
-            ax.hist(confidence[is_out_of_domain], bins=bins, alpha=0.7, label="out-of-domain", density=True)
-    elif len(confidence):
-        ax.hist(confidence, bins=bins, alpha=0.7, label="unlabeled pool (classes unknown)", density=True)
+    edges = np.append(bins["bin_start"].to_numpy(), bins["bin_end"].iloc[-1])
+    groups = [("in_domain", in_domain_label), ("out_of_domain", "out-of-domain")]
+    if not bins["in_domain"].notna().any():
+        groups = [("pool", "unlabeled pool (classes unknown)")]
+    for column, label in groups:
+        if bins[column].notna().any():
+            ax.stairs(bins[column].to_numpy(dtype=float), edges, fill=True, alpha=0.7, label=label)
     ax.axvline(threshold, color="k", ls="--", label=f"threshold {threshold:g}")
     ax.set(xlabel="teacher top-1 confidence", ylabel="density", title=title)
     ax.legend()

@@ -413,6 +413,10 @@ class AttackResult:
         """The FGSM curve: columns ``epsilon`` (0..255) and ``top1`` (0..1)."""
         return pd.DataFrame({"epsilon": list(self.fgsm), "top1": list(self.fgsm.values())})
 
+    def pgd_point(self) -> pd.DataFrame:
+        """The PGD result as one row: ``epsilon`` (0..255), ``steps``, ``top1`` (0..1), the curve's x and y."""
+        return pd.DataFrame({"epsilon": [self.pgd_epsilon], "steps": [self.pgd_steps], "top1": [self.pgd_top1]})
+
 
 def evaluate_attacks(model: ModelUnderTest, data: ImageSet, params: Params) -> AttackResult:
     """White-box FGSM and PGD through the model's own normalisation, on a seeded subset of ``data``.
@@ -431,7 +435,11 @@ def evaluate_attacks(model: ModelUnderTest, data: ImageSet, params: Params) -> A
     return AttackResult(fgsm, r.pgd_steps, r.pgd_epsilon, pgd[r.pgd_epsilon], int(len(idx)))
 
 
-def save_attack_curve(result: AttackResult, path: Path) -> None:
-    """The FGSM curve as CSV ``epsilon,top1`` (a DVC plot), written atomically."""
+def save_attack_curve(result: AttackResult, path: Path, pgd_path: Path | None = None) -> None:
+    """The FGSM curve as CSV ``epsilon,top1`` and, at ``pgd_path``, the PGD point as CSV ``epsilon,steps,top1``
+    (DVC plots: same x and y, so they read as one attack-vs-epsilon picture), written atomically."""
     with atomic_path(path) as tmp:
         result.curve().to_csv(tmp, index=False)
+    if pgd_path is not None:
+        with atomic_path(pgd_path) as tmp:
+            result.pgd_point().to_csv(tmp, index=False)
