@@ -9,7 +9,7 @@ import typer
 from noisy_student import paths
 from noisy_student.data.images import ImageTooSmallError
 from noisy_student.robustness.evaluate import evaluate_embedded_c, evaluate_imagenet_c, load_embedded_set, load_release
-from noisy_student.tracking import stage_run, write_metrics
+from noisy_student.tracking import log_datasets, stage_run, write_metrics
 from stages._common import (
     METRICS_OPTION,
     MODEL_OPTION,
@@ -39,12 +39,14 @@ def main(
         with friendly_errors():
             release = load_release(model, params, "C")
         with stage_run("eval-C", params, ("robustness",), name), friendly_errors(ImageTooSmallError):
+            log_datasets(evaluation=(Path(params.robustness.imagenet_c_dir),))
             summary = evaluate_imagenet_c(release, params.robustness, desc=f"eval-C {name}")
             write_metrics(metrics, summary)
     else:
         with friendly_errors():
             c_set = load_embedded_set(data, "c", model, params)
         with stage_run("eval-C", params, ("robustness",), name):
+            log_datasets(evaluation=(paths.robustness_set_file("c", data), test))
             summary = evaluate_embedded_c(c_set, test, desc=f"eval-C {name}")
             write_metrics(metrics, summary)
     nan = float("nan")

@@ -10,7 +10,7 @@ from noisy_student.data import load_imageset
 from noisy_student.paths import TEST, pgd_point
 from noisy_student.report.charts import attack_curve
 from noisy_student.robustness.evaluate import evaluate_attacks, load_model_under_test, save_attack_curve
-from noisy_student.tracking import log_artifacts, stage_run, write_metrics
+from noisy_student.tracking import log_artifacts, log_datasets, stage_run, write_metrics
 from stages._common import (
     METRICS_OPTION,
     MODEL_OPTION,
@@ -39,6 +39,7 @@ def main(
         data = load_imageset(test)
         net = load_model_under_test(model, params)
     with stage_run("eval-FGSM", params, ("robustness",), name):
+        log_datasets(evaluation=(test,))
         result = evaluate_attacks(net, data, params)
         save_attack_curve(result, curve, pgd or curve.parent / pgd_point(name).name)
         attack_curve({name: result.curve()}, f"FGSM ({name})", plot)

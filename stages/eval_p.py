@@ -10,7 +10,7 @@ from noisy_student import paths
 from noisy_student.data.images import ImageTooSmallError
 from noisy_student.robustness import VideoDecodingError
 from noisy_student.robustness.evaluate import evaluate_embedded_p, evaluate_imagenet_p, load_embedded_set, load_release
-from noisy_student.tracking import stage_run, write_metrics
+from noisy_student.tracking import log_datasets, stage_run, write_metrics
 from stages._common import (
     METRICS_OPTION,
     MODEL_OPTION,
@@ -41,12 +41,14 @@ def main(
         # these errors name the file and how to make it readable
         user_errors = (VideoDecodingError, ImageTooSmallError)
         with stage_run("eval-P", params, ("robustness",), name), friendly_errors(*user_errors):
+            log_datasets(evaluation=(Path(params.robustness.imagenet_p_dir),))
             summary = evaluate_imagenet_p(release, params.robustness, desc=f"eval-P {name}")
             write_metrics(metrics, summary)
     else:
         with friendly_errors():
             p_set = load_embedded_set(data, "p", model, params)
         with stage_run("eval-P", params, ("robustness",), name):
+            log_datasets(evaluation=(paths.robustness_set_file("p", data),))
             summary = evaluate_embedded_p(p_set, desc=f"eval-P {name}")
             write_metrics(metrics, summary)
     nan = float("nan")

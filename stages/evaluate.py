@@ -36,12 +36,14 @@ def main(
         data = load_imageset(test)
         net, spec, meta = load_classifier(model)
     with tracking.stage_run("eval", params, ("eval",), name):
+        tracking.log_datasets(evaluation=(test,))
         device = resolve_device(params.device)
         acc = evaluate_classifier(net, data.images, data.labels, params.eval.batch_size, device, desc=f"eval {name}")
         tracking.write_metrics(
             metrics,
             {"top1": acc["top1"], "top5": acc["top5"], "images": len(data), "parameters": int(meta.get("params", 0))},
         )
+        tracking.rate_model(params.tracking.registered_model, model, acc["top1"])  # the champion alias
     typer.echo(f"eval {name}: top-1 {100 * acc['top1']:.2f} %  top-5 {100 * acc['top5']:.2f} %  ({spec.arch})")
 
 

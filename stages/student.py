@@ -55,6 +55,8 @@ def main(
     plan = RunPlan.student(params, iteration, teacher_params)
     sections = ("student", "noise", "pseudo_labels", "filter")
     with exclusive_run(plan, inputs) as key, tracking.stage_run("student", params, sections, iteration, key):
+        pool_files = (data / paths.LABELED.name, selected, data / paths.UNLABELED.name)
+        tracking.log_datasets(training=pool_files, evaluation=(data / paths.TEST.name,))
         try:
             result = train_model(
                 plan, inputs, paths.checkpoints_dir(), tracking.log_history, teacher_model.state_dict()

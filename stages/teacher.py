@@ -23,10 +23,12 @@ def main(
     params = params_or_exit(params_file)
     torch_threads()
     with friendly_errors():
-        labeled, test = load_imageset(data / paths.LABELED.name), load_imageset(data / paths.TEST.name)
+        labeled_file, test_file = data / paths.LABELED.name, data / paths.TEST.name
+        labeled, test = load_imageset(labeled_file), load_imageset(test_file)
     inputs = TrainingInputs(labeled, test, class_count(data, labeled.labels))
     plan = RunPlan.teacher(params)
     with exclusive_run(plan, inputs) as key, tracking.stage_run("teacher", params, ("teacher",), resume_key=key):
+        tracking.log_datasets(training=(labeled_file,), evaluation=(test_file,))
         result = train_model(plan, inputs, paths.checkpoints_dir(), on_epoch=tracking.log_history)
         csv, png = (paths.curves_file(paths.TEACHER, s, metrics.parent) for s in ("csv", "png"))
         save_training_outputs(result, plan.name, out, csv, png)

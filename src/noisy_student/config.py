@@ -289,8 +289,8 @@ OVERRIDABLE = ("student", "noise", "pseudo_labels", "filter")
 
 class TrackingParams(_Section):
     experiment: str = "noisy-student"
-    # every student is logged as an MLflow model; with a name it is also registered
-    registered_model: str | None = None
+    # every student is logged as an MLflow model and registered under this name (null: not registered)
+    registered_model: str | None = "noisy-student"
 
 
 class Params(_Section):
