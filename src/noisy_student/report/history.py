@@ -17,7 +17,10 @@ HISTORY_COLUMNS = ["dvc_exp", "run_name", "epoch", "top1"]
 
 
 def mlflow_runs(uri: str, experiment: str) -> pd.DataFrame:
-    """Every run of the MLflow experiment as one row; empty (same columns) when there is no store.
+    """Every stage run of the MLflow experiment as one row; empty (same columns) when there is no store.
+
+    Pipeline parents (tag ``run_kind: pipeline``, :mod:`noisy_student.tracking.pipeline`) are left out: they
+    hold a whole experiment's params and headline metrics, not one stage's result.
 
     Columns :data:`RUN_COLUMNS`: ``run_name`` (``eval@it1``, ``student@it1``, ``teacher``...), ``dvc_exp`` (the
     run's DVC experiment tag, :data:`BASELINE` when untagged), ``start_time`` (ms since the epoch),
@@ -37,6 +40,8 @@ def mlflow_runs(uri: str, experiment: str) -> pd.DataFrame:
     while True:
         page = client.search_runs([exp.experiment_id], max_results=1000, page_token=page_token)
         for r in page:
+            if r.data.tags.get("run_kind") == "pipeline":
+                continue
             rows.append(
                 {
                     "run_id": r.info.run_id,
