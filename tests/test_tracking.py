@@ -1,0 +1,214 @@
+"""The MLflow edge without DVC: headline metrics, dvc.lock currency, datasets, parents, the champion alias."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from noisy_student.config import Params, load_params
+from noisy_student.data import ImageSet, save_imageset
+from noisy_student.report.history import mlflow_runs
+from noisy_student.tracking import registry, store
+from noisy_student.tracking.datasets import count_rows, dataset_for
+from noisy_student.tracking.dvclock import Currency, digest, read_lock
+from noisy_student.tracking.environment import environment_tags
+from noisy_student.tracking.pipeline import Pipeline, ensure_parent, headline_metrics
+from tests.conftest import ROOT
+
+
+def _write(path: Path, data: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _two_iterations() -> Params:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["iterations"] = {"it1": {"teacher": "teacher"}, "it2": {"teacher": "it1"}}
+    raw["evaluate"] = ["teacher", "it1", "it2"]
+    return Params.model_validate(raw)
+
+
+def test_headline_metrics_name_every_model_and_iteration(tmp_path: Path) -> None:
+    m = tmp_path / "metrics"
+    for model, top1 in (("teacher", 0.80), ("it1", 0.83), ("it2", 0.82)):
+        _write(m / f"eval-{model}.json", {"top1": top1, "top5": 0.99, "images": 200})
+    _write(m / "robustness" / "c-it1.json", {"mce": 95.0, "corrupted_top1": 0.6, "ce_fog": 90.0})
+    _write(m / "robustness" / "p-it1.json", {"mfr": 70.0, "fr_snow": 60.0})
+    _write(m / "robustness" / "a-teacher.json", {"top1": 0.4, "images": 30})
+    _write(m / "robustness" / "fgsm-it1.json", {"fgsm_top1_eps0": 0.8, "fgsm_top1_eps8": 0.5, "pgd10_top1_eps8": 0.3})
+    _write(m / "predict-it1.json", {"pseudo_label_accuracy": 0.79, "seconds": 3.0})
+    _write(m / "predict-it2.json", {"pseudo_label_accuracy": None})  # folders source: no true labels
+    _write(m / "filter-it1.json", {"selected_pseudo_label_accuracy": 0.85, "total": 600})
+
+    values = headline_metrics(_two_iterations(), m)
+
+    assert values == pytest.approx(
+        {
+            "teacher.top1": 0.80,
+            "it1.top1": 0.83,
+            "it2.top1": 0.82,
+            "it1.gain": 0.03,
+            "it2.gain": -0.01,  # over its own teacher, it1
+            "it1.mce": 95.0,
+            "it1.c_top1": 0.6,
+            "it1.mfr": 70.0,
+            "teacher.a_top1": 0.4,
+            "it1.fgsm_eps0": 0.8,
+            "it1.fgsm_eps8": 0.5,
+            "it1.pgd10_eps8": 0.3,
+            "it1.pseudo_label_accuracy": 0.79,
+            "it1.selected_pseudo_label_accuracy": 0.85,
+        }
+    )
+    # a stale teacher evaluation: no teacher top-1, so no gain over it either
+    stale = headline_metrics(_two_iterations(), m, lambda stage: stage != "eval@teacher")
+    assert "teacher.top1" not in stale and "it1.gain" not in stale and stale["it2.gain"] == pytest.approx(-0.01)
+
+
+def _lock(tmp_path: Path, stages: dict[str, dict[str, Any]]) -> None:
+    def entries(files: dict[str, str]) -> list[dict[str, str]]:
+        return [{"path": p, "hash": "md5", "md5": h} for p, h in files.items()]
+
+    raw = {
+        name: {"deps": entries(s.get("deps", {})), "outs": entries(s.get("outs", {})), "params": s.get("params", {})}
+        for name, s in stages.items()
+    }
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": raw}))
+
+
+def test_currency_follows_params_and_upstream_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An experiment's workspace: teacher unchanged, the student retrained (its new hash is in dvc.lock), the
+    student's evaluations inherited from the baseline."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    test_npz = tmp_path / "data" / "test.npz"
+    test_npz.write_bytes(b"test images")
+    test_md5 = hashlib.md5(b"test images").hexdigest()
+    _lock(
+        tmp_path,
+        {
+            "prepare": {"outs": {"data": "d0.dir"}, "params": {"params.yaml": {"seed": 0}}},
+            "teacher": {"deps": {"data/test.npz": test_md5}, "outs": {"models/teacher.pt": "t1"}},
+            "eval@teacher": {"deps": {"models/teacher.pt": "t1", "data/test.npz": test_md5}},
+            "student@it1": {"deps": {"models/teacher.pt": "t1"}, "outs": {"models/it1.pt": "s2"}},
+            "eval@it1": {"deps": {"models/it1.pt": "s1"}, "params": {"params.yaml": {"eval": {"batch_size": 512}}}},
+            "eval-C@teacher": {"deps": {"models/teacher.pt": "t1"}, "params": {"params.yaml": {"robustness.c": 9}}},
+        },
+    )
+    params = {"seed": 0, "eval": {"batch_size": 512}, "robustness": {"c": 10}}
+    lock = read_lock()
+    currency = Currency(lock, "student@it1", params)
+    assert currency.is_current("student@it1") and currency.is_current("eval@teacher")
+    assert not currency.is_current("eval@it1")  # evaluated the baseline's student (s1), not s2
+    assert not currency.is_current("eval-C@teacher")  # ran with robustness.c = 9, the workspace says 10
+    assert not currency.is_current("eval@it2")  # never ran
+    # a changed file inside an output folder makes its readers stale
+    test_npz.write_bytes(b"other test images")
+    assert not Currency(lock, "student@it1", params).is_current("eval@teacher")
+    # the running stage's outputs are compared with the files themselves (its lock entry is the old one)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "it1.pt").write_bytes(b"weights")
+    _lock(tmp_path, {"student@it1": {"outs": {"models/it1.pt": "old"}}, "eval@it1": {"deps": {"models/it1.pt": "x"}}})
+    assert not Currency(read_lock(), "student@it1", params).is_current("eval@it1")
+    same = hashlib.md5(b"weights").hexdigest()
+    _lock(tmp_path, {"student@it1": {"outs": {"models/it1.pt": "old"}}, "eval@it1": {"deps": {"models/it1.pt": same}}})
+    assert Currency(read_lock(), "student@it1", params).is_current("eval@it1")  # retrained to identical bytes
+
+
+def test_datasets_carry_the_dvc_digest_and_row_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    images = np.zeros((7, 8, 8, 3), np.uint8)
+    save_imageset(tmp_path / "data" / "test.npz", ImageSet(images, np.arange(7), np.arange(7), np.zeros(7, "U1")))
+    pd.DataFrame({"id": range(5)}).to_parquet(tmp_path / "data" / "selected.parquet")
+    shards = tmp_path / "data" / "predictions"
+    shards.mkdir()
+    for i in range(2):
+        pd.DataFrame({"id": range(3)}).to_parquet(shards / f"part-{i}.parquet")
+    assert count_rows(Path("data/test.npz")) == 7
+    assert count_rows(Path("data/selected.parquet")) == 5 and count_rows(shards) == 6
+    _lock(tmp_path, {"predict@it1": {"outs": {"data/predictions": "abc.dir"}}})
+
+    test = dataset_for(Path("data/test.npz"), "rev1")
+    # no lock entry for a file inside nothing DVC tracks (a first run): hashed here the way DVC hashes files
+    assert test.digest == hashlib.md5((tmp_path / "data" / "test.npz").read_bytes()).hexdigest()
+    assert test.name == "data/test.npz" and json.loads(test.to_dict()["profile"]) == {"num_rows": 7}
+    assert json.loads(test.to_dict()["source"]) == {"path": "data/test.npz", "rev": "rev1"}
+    assert test.to_dict()["source_type"] == "dvc"
+    folder = dataset_for(tmp_path / "data" / "predictions")  # absolute paths inside the workspace are relative
+    assert folder.name == "data/predictions" and folder.digest == "abc.dir"
+    assert digest(read_lock(), "data/elsewhere") is None
+
+
+def test_environment_tags_name_the_machine() -> None:
+    tags = environment_tags("cpu")
+    assert tags["env.device"] == "cpu" and tags["env.torch"] == torch.__version__
+    assert tags["env.cpu"] and tags["env.onednn"] and tags["env.cuda_build"]
+
+
+def _store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> mlflow.MlflowClient:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("NOISY_STUDENT_ROOT", str(tmp_path))
+    mlflow.set_tracking_uri(uri)
+    return mlflow.MlflowClient(uri)
+
+
+def test_the_experiment_is_a_training_experiment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = _store(tmp_path, monkeypatch)
+    old = client.create_experiment("old")  # made before the tag existed
+    store.ensure_experiment("old")
+    new = store.ensure_experiment("new")
+    for experiment_id in (old, new):
+        assert client.get_experiment(experiment_id).tags[store.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    client.set_experiment_tag(old, store.EXPERIMENT_KIND_TAG, "genai_development")  # a user's explicit choice
+    store.ensure_experiment("old")
+    assert client.get_experiment(old).tags[store.EXPERIMENT_KIND_TAG] == "genai_development"
+
+
+def test_one_parent_per_pipeline_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = _store(tmp_path, monkeypatch)
+    experiment_id = store.ensure_experiment("noisy-student")
+    params = load_params(ROOT / "params.yaml")
+    first = ensure_parent(client, experiment_id, Pipeline("mag2", params, "abc"), {})
+    assert ensure_parent(client, experiment_id, Pipeline("mag2", params, "abc"), {}) == first
+    other = Pipeline("mag2", params.model_copy(update={"seed": 1}), "abc")  # changed params: a new pipeline run
+    assert ensure_parent(client, experiment_id, other, {}) != first
+    parent = client.get_run(first)
+    assert parent.info.run_name == "mag2" and parent.data.tags["run_kind"] == "pipeline"
+    assert parent.data.params["noise.randaugment_magnitude"] == "9" and len(parent.data.params) > 100
+    # the report reads stage runs only
+    tags = {"run_kind": "stage", "dvc_exp": "mag2", "mlflow.parentRunId": first}
+    client.create_run(experiment_id, run_name="eval@it1", tags=tags)
+    assert list(mlflow_runs(store.tracking_uri(), "noisy-student")["run_name"]) == ["eval@it1"]
+
+
+def test_champion_moves_to_the_best_student(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = _store(tmp_path, monkeypatch)
+    client.create_registered_model("noisy-student")
+    checkpoints = []
+    for i in range(3):
+        path = tmp_path / f"it{i}.pt"
+        path.write_bytes(f"weights {i}".encode())
+        checkpoints.append(path)
+        version = client.create_model_version("noisy-student", f"file:///m{i}", tags={})
+        md5 = hashlib.md5(path.read_bytes()).hexdigest()
+        client.set_model_version_tag("noisy-student", version.version, registry.CHECKPOINT_TAG, md5)
+    teacher = tmp_path / "teacher.pt"
+    teacher.write_bytes(b"teacher weights")
+    assert registry.rate_model("noisy-student", teacher, 0.9) is None  # not a registered student
+    assert registry.rate_model("noisy-student", checkpoints[0], 0.80) == "1"
+    assert registry.rate_model("noisy-student", checkpoints[1], 0.85) == "2"
+    assert registry.rate_model("noisy-student", checkpoints[2], 0.85) == "2"  # a tie keeps the champion
+    assert str(client.get_model_version_by_alias("noisy-student", registry.CHAMPION).version) == "2"
+    assert client.get_model_version("noisy-student", "3").tags[registry.TOP1_TAG] == "0.85"
+    assert registry.rate_model(None, checkpoints[0], 0.99) is None  # registration off
