@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from noisy_student.data import load_imageset
-from noisy_student.paths import TEST, pgd_point
+from noisy_student.paths import TEST, pgd_curve
 from noisy_student.report.charts import attack_curve
 from noisy_student.robustness.evaluate import evaluate_attacks, load_model_under_test, save_attack_curve
 from noisy_student.tracking import log_artifacts, log_datasets, stage_run, write_metrics
@@ -41,7 +41,7 @@ def main(
     with stage_run("eval-FGSM", params, ("robustness",), name):
         log_datasets(evaluation=(test,))
         result = evaluate_attacks(net, data, params)
-        save_attack_curve(result, curve, pgd or curve.parent / pgd_point(name).name)
+        save_attack_curve(result, curve, pgd or curve.parent / pgd_curve(name).name)
         attack_curve({name: result.curve()}, f"FGSM ({name})", plot)
         log_artifacts("plots", plot)
         write_metrics(metrics, result.metrics())

@@ -1,4 +1,4 @@
-"""Native DVC plots: the confidence histogram as data, the PGD point, and `dvc plots diff` overlaying experiments."""
+"""Native DVC plots: the confidence histogram as data, the PGD curve, and `dvc plots diff` overlaying experiments."""
 
 from __future__ import annotations
 
@@ -60,12 +60,16 @@ def test_confidence_bins_of_an_empty_pool_draw_only_the_threshold(tmp_path: Path
     assert (tmp_path / "empty.png").is_file()
 
 
-def test_pgd_point_is_written_beside_the_fgsm_curve(tmp_path: Path) -> None:
+def test_pgd_curve_is_written_beside_the_fgsm_curve(tmp_path: Path) -> None:
     result = AttackResult({0.0: 0.9, 8.0: 0.4}, pgd_steps=10, pgd_epsilon=8.0, pgd_top1=0.3, images=40)
-    curve, pgd = paths.fgsm_curve("it1", metrics=tmp_path), paths.pgd_point("it1", metrics=tmp_path)
+    curve, pgd = paths.fgsm_curve("it1", metrics=tmp_path), paths.pgd_curve("it1", metrics=tmp_path)
     save_attack_curve(result, curve, pgd)
     assert list(pd.read_csv(curve).columns) == ["epsilon", "top1"]  # the report reads these columns
-    assert pd.read_csv(pgd).to_dict("records") == [{"epsilon": 8.0, "steps": 10, "top1": 0.3}]
+    # PGD at epsilon 0 is the clean top-1: the FGSM curve's first point starts the PGD curve
+    expected = [{"epsilon": 0.0, "steps": 10, "top1": 0.9}, {"epsilon": 8.0, "steps": 10, "top1": 0.3}]
+    assert pd.read_csv(pgd).to_dict("records") == expected
+    without_clean = AttackResult({2.0: 0.7}, pgd_steps=10, pgd_epsilon=8.0, pgd_top1=0.3, images=40)
+    assert without_clean.pgd_curve().to_dict("records") == [{"epsilon": 8.0, "steps": 10, "top1": 0.3}]
 
 
 # ---------------------------------------------------------------- the plot definitions
@@ -80,7 +84,7 @@ def test_every_model_and_iteration_has_its_plots(tmp_path: Path) -> None:
     top_level = {next(iter(plot)) for plot in yaml.safe_load((root / "dvc.yaml").read_text())["plots"]}
     assert top_level == {str(paths.CURVES), str(paths.CONFIDENCE)}
     for model in params["evaluate"]:
-        for data in (paths.fgsm_curve(model), paths.pgd_point(model)):
+        for data in (paths.fgsm_curve(model), paths.pgd_curve(model)):
             assert outs[str(data)].plot["x"] == "epsilon" and outs[str(data)].plot["y"] == "top1"
     # the multi-column data sit in the folders of the top-level plots (and are no stage-level plot as well,
     # which would give a second plot of the same file)
@@ -137,4 +141,4 @@ def test_plots_diff_overlays_two_experiments(micro_project: Path) -> None:
     assert confidence["HEAD", "pool"] == confidence["mag2", "pool"]  # same teacher, same pool
     for plot in ("metrics/robustness/fgsm-it1.csv", "metrics/robustness/pgd-it1.csv"):
         assert {rev for rev, _ in _series(specs[plot])} == revs, plot
-    assert len(_series(specs["metrics/robustness/pgd-it1.csv"])["mag2", "top1"]) == 1
+    assert len(_series(specs["metrics/robustness/pgd-it1.csv"])["mag2", "top1"]) == 2  # clean, then PGD

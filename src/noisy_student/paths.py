@@ -108,8 +108,8 @@ def fgsm_curve(model: str, suffix: str = "csv", metrics: Path = METRICS) -> Path
     return metrics / "robustness" / f"fgsm-{model}.{suffix}"
 
 
-def pgd_point(model: str, metrics: Path = METRICS) -> Path:
-    """PGD top-1 of a model at its one epsilon (CSV ``epsilon,steps,top1``), beside its FGSM curve."""
+def pgd_curve(model: str, metrics: Path = METRICS) -> Path:
+    """PGD top-1 of a model vs epsilon (CSV ``epsilon,steps,top1``), beside its FGSM curve."""
     return metrics / "robustness" / f"pgd-{model}.csv"
 
 
@@ -158,7 +158,7 @@ def stage_outputs(stage: str, target: str | None = None) -> set[Path]:
         },
         "student": training,
         "robustness-data": {ROBUSTNESS_DATA},
-        "eval-FGSM": {fgsm_curve(str(target)), fgsm_curve(str(target), "png"), pgd_point(str(target))},
+        "eval-FGSM": {fgsm_curve(str(target)), fgsm_curve(str(target), "png"), pgd_curve(str(target))},
         "report": {REPORTS / "report.md", *(REPORTS / f"{n}.png" for n in ("accuracy", "ablations", "fgsm", "curves"))},
     }
     written = outputs.get(stage, set())

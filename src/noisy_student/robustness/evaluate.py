@@ -413,9 +413,16 @@ class AttackResult:
         """The FGSM curve: columns ``epsilon`` (0..255) and ``top1`` (0..1)."""
         return pd.DataFrame({"epsilon": list(self.fgsm), "top1": list(self.fgsm.values())})
 
-    def pgd_point(self) -> pd.DataFrame:
-        """The PGD result as one row: ``epsilon`` (0..255), ``steps``, ``top1`` (0..1), the curve's x and y."""
-        return pd.DataFrame({"epsilon": [self.pgd_epsilon], "steps": [self.pgd_steps], "top1": [self.pgd_top1]})
+    def pgd_curve(self) -> pd.DataFrame:
+        """PGD top-1 vs epsilon: columns ``epsilon`` (0..255), ``steps``, ``top1`` (0..1).
+
+        PGD is run at one epsilon. At epsilon 0 it perturbs nothing, so when the FGSM curve has epsilon 0 (the
+        clean top-1 of the same images) that point starts the curve: two points, a line from clean to attacked,
+        where one point alone would be hard to see in a plot; otherwise the one measured row.
+        """
+        points = {0.0: self.fgsm[0.0]} if 0.0 in self.fgsm and self.pgd_epsilon != 0 else {}
+        points[self.pgd_epsilon] = self.pgd_top1
+        return pd.DataFrame({"epsilon": list(points), "steps": self.pgd_steps, "top1": list(points.values())})
 
 
 def evaluate_attacks(model: ModelUnderTest, data: ImageSet, params: Params) -> AttackResult:
@@ -436,10 +443,10 @@ def evaluate_attacks(model: ModelUnderTest, data: ImageSet, params: Params) -> A
 
 
 def save_attack_curve(result: AttackResult, path: Path, pgd_path: Path | None = None) -> None:
-    """The FGSM curve as CSV ``epsilon,top1`` and, at ``pgd_path``, the PGD point as CSV ``epsilon,steps,top1``
+    """The FGSM curve as CSV ``epsilon,top1`` and, at ``pgd_path``, the PGD curve as CSV ``epsilon,steps,top1``
     (DVC plots: same x and y, so they read as one attack-vs-epsilon picture), written atomically."""
     with atomic_path(path) as tmp:
         result.curve().to_csv(tmp, index=False)
     if pgd_path is not None:
         with atomic_path(pgd_path) as tmp:
-            result.pgd_point().to_csv(tmp, index=False)
+            result.pgd_curve().to_csv(tmp, index=False)
