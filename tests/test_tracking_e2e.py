@@ -124,7 +124,7 @@ def _wait_for_queue(repo: Path, env: dict[str, str], timeout: float = 600) -> st
 @pytest.mark.slow
 def test_pipeline_runs_group_their_stage_runs(micro_project: Path, mlflow_server: str) -> None:
     repo = micro_project
-    env = {"MLFLOW_TRACKING_URI": mlflow_server, "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"}
+    env = {"MLFLOW_TRACKING_URI": mlflow_server, "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.2"}
     env["NOISY_STUDENT_THREADS"] = os.environ.get("NOISY_STUDENT_THREADS", "1")
     # the workspace pipeline, with the attack evaluations for the FGSM / PGD headline metrics
     run(DVC + ["repro", *TARGETS, "eval-FGSM@teacher", "eval-FGSM@it1"], repo, env=env)
@@ -187,11 +187,14 @@ def test_pipeline_runs_group_their_stage_runs(micro_project: Path, mlflow_server
     student = next(r for r in runs if r["info"]["run_name"] == "student@it1" and _tags(r["data"])["dvc_exp"] == "mag2")
     assert _datasets(student)["data/prepared/labeled.npz"]["context"] == "training"
 
-    # where it ran, and how busy the machine was while training
-    teacher = next(r for r in runs if r["info"]["run_name"] == "teacher")
-    tags = _tags(teacher["data"])
-    assert tags["env.device"] == "cpu" and tags["env.cpu"] and tags["env.torch"] and tags["env.onednn"]
-    assert any(k.startswith("system/cpu_utilization") for k in _metrics(teacher)), sorted(_metrics(teacher))
+    # where it ran, and how busy the machine was while training (MLflow logs a sample only once an interval
+    # has passed, and micro trainings take about a second: at least one of the four has one)
+    training = [r for r in runs if _tags(r["data"]).get("stage") in ("teacher", "student")]
+    for r in training:
+        tags = _tags(r["data"])
+        assert tags["env.device"] == "cpu" and tags["env.cpu"] and tags["env.torch"] and tags["env.onednn"]
+    sampled = [k for r in training for k in _metrics(r) if k.startswith("system/cpu_utilization")]
+    assert sampled, [sorted(_metrics(r)) for r in training]
 
     # one registered version per student (iteration, experiment), the champion is the best clean top-1
     versions = _api(mlflow_server, "model-versions/search", filter="name = 'noisy-student'")["model_versions"]
