@@ -46,6 +46,16 @@ def run(
     return proc
 
 
+def stage_env(work: Path) -> dict[str, str]:
+    """Environment of a stage run by hand in the folder ``work``: its own project root and MLflow store, one thread."""
+    return {
+        "NOISY_STUDENT_ROOT": str(work),
+        "NOISY_STUDENT_THREADS": "1",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
+        "PYTHONPATH": str(ROOT),
+    }
+
+
 @pytest.fixture(scope="module")
 def one_thread() -> Iterator[None]:
     """Torch on one thread for a module: on a small shared CPU, intra-op threads contend and small ops crawl."""

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import FASHION_MNIST, ROOT, micro_params, run
+from tests.conftest import FASHION_MNIST, ROOT, micro_params, run, stage_env
 
 
 def _workdir(tmp_path: Path, name: str) -> Path:
@@ -25,15 +25,6 @@ def _workdir(tmp_path: Path, name: str) -> Path:
     p["teacher"]["optim"].update(epochs=8, checkpoint_steps=1, eval_every=4)
     (work / "params.yaml").write_text(yaml.safe_dump(p))
     return work
-
-
-def _env(work: Path) -> dict[str, str]:
-    return {
-        "NOISY_STUDENT_ROOT": str(work),
-        "NOISY_STUDENT_THREADS": "1",
-        "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
-        "PYTHONPATH": str(ROOT),
-    }
 
 
 def _teacher_cmd(work: Path) -> list[str]:
@@ -58,11 +49,11 @@ def test_killed_teacher_stage_resumes_and_matches_an_uninterrupted_run(tmp_path:
         pytest.fail(f"{FASHION_MNIST} missing: the test setup installs dataset-fashion-mnist (make test)")
     killed, clean = _workdir(tmp_path, "killed"), _workdir(tmp_path, "clean")
     prep = [sys.executable, "-m", "stages.prepare", "--out", "prepared", "--metrics", "prepare.json"]
-    run([*prep, "--params", str(killed / "params.yaml")], killed, env=_env(killed))
+    run([*prep, "--params", str(killed / "params.yaml")], killed, env=stage_env(killed))
     shutil.copytree(killed / "prepared", clean / "prepared")
 
     proc = subprocess.Popen(
-        _teacher_cmd(killed), cwd=ROOT, env={**os.environ, **_env(killed)}, stderr=subprocess.PIPE, text=True
+        _teacher_cmd(killed), cwd=ROOT, env={**os.environ, **stage_env(killed)}, stderr=subprocess.PIPE, text=True
     )
     ckpts = killed / ".checkpoints"
     deadline = time.time() + 120
@@ -83,10 +74,10 @@ def test_killed_teacher_stage_resumes_and_matches_an_uninterrupted_run(tmp_path:
     assert not (killed / "teacher.pt").exists(), "a killed run must not leave a model behind"
     assert state is not None
 
-    resumed = run(_teacher_cmd(killed), ROOT, env=_env(killed))
+    resumed = run(_teacher_cmd(killed), ROOT, env=stage_env(killed))
     assert "resuming from" in resumed.stderr, resumed.stderr
     assert not list(ckpts.glob("*.pt")), "a finished run removes its checkpoint"
-    run(_teacher_cmd(clean), ROOT, env=_env(clean))
+    run(_teacher_cmd(clean), ROOT, env=stage_env(clean))
 
     a = torch.load(killed / "teacher.pt", weights_only=True)["state_dict"]
     b = torch.load(clean / "teacher.pt", weights_only=True)["state_dict"]

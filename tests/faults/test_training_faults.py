@@ -25,7 +25,7 @@ from noisy_student.io import atomic_path, remove_stale_temps
 from noisy_student.models import create_classifier, save_checkpoint
 from noisy_student.training import TrainData, one_hot, train_classifier
 from noisy_student.training.recipe import remove_stale_states
-from tests.conftest import FASHION_MNIST, ROOT, micro_params, run
+from tests.conftest import FASHION_MNIST, ROOT, micro_params, run, stage_env
 
 STEPS = 6  # 100 labeled images / batch 16 = 6 updates per epoch
 EPOCHS = 50  # long enough (~20 s) for a second process to start while the first trains
@@ -110,19 +110,10 @@ def _work(tmp_path: Path, name: str, epochs: int = EPOCHS) -> Path:
     p = micro_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
     p["teacher"]["optim"].update(epochs=epochs, checkpoint_steps=1, eval_every=1)
     (work / "params.yaml").write_text(yaml.safe_dump(p))
-    env = _env(work)
+    env = stage_env(work)
     prep = [sys.executable, "-m", "stages.prepare", "--out", "prepared", "--metrics", "prepare.json"]
     run([*prep, "--params", str(work / "params.yaml")], work, env=env)
     return work
-
-
-def _env(work: Path) -> dict[str, str]:
-    return {
-        "NOISY_STUDENT_ROOT": str(work),
-        "NOISY_STUDENT_THREADS": "1",
-        "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
-        "PYTHONPATH": str(ROOT),
-    }
 
 
 def _teacher(work: Path) -> list[str]:
@@ -136,7 +127,7 @@ def _teacher(work: Path) -> list[str]:
 def _start_and_wait_for_a_state(work: Path, min_updates: int = 9) -> subprocess.Popen:
     """Start the teacher and return once it has saved a resumable state at least ``min_updates`` in."""
     proc = subprocess.Popen(
-        _teacher(work), cwd=ROOT, env={**os.environ, **_env(work)}, stderr=subprocess.PIPE, text=True
+        _teacher(work), cwd=ROOT, env={**os.environ, **stage_env(work)}, stderr=subprocess.PIPE, text=True
     )
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None:
@@ -165,7 +156,7 @@ def test_killed_teacher_one_trainer_one_continuous_run_no_leftovers(tmp_path: Pa
     work = _work(tmp_path, "w")
     first = _start_and_wait_for_a_state(work)
     # a second trainer of the same run (e.g. `dvc repro` while an orphaned stage still runs) is refused at once
-    second = run(_teacher(work), ROOT, env=_env(work), check=False)
+    second = run(_teacher(work), ROOT, env=stage_env(work), check=False)
     assert second.returncode == 2, second.stderr
     assert "another process" in second.stderr and f"pid {first.pid}" in second.stderr, second.stderr
     assert len(_runs(work)) == 1, "the refused trainer must not open an MLflow run"
@@ -177,7 +168,7 @@ def test_killed_teacher_one_trainer_one_continuous_run_no_leftovers(tmp_path: Pa
     stale_tmp.parent.mkdir(parents=True, exist_ok=True)
     stale_tmp.write_bytes(b"half")
 
-    resumed = run(_teacher(work), ROOT, env=_env(work))
+    resumed = run(_teacher(work), ROOT, env=stage_env(work))
     assert "resuming from" in resumed.stderr, resumed.stderr
     runs = _runs(work)
     assert len(runs) == 1 and runs[0].info.run_id == killed[0].info.run_id, "the resumed stage continues its run"
@@ -203,7 +194,7 @@ def test_changed_training_data_is_not_resumed(tmp_path: Path) -> None:
     labels = data.labels.copy()
     labels[data.labels == 0], labels[data.labels == 1] = 1, 0
     save_imageset(path, type(data)(data.images, labels, data.ids, data.source))
-    rerun = run(_teacher(work), ROOT, env=_env(work))
+    rerun = run(_teacher(work), ROOT, env=stage_env(work))
     assert "resuming" not in rerun.stderr, rerun.stderr
     assert not list((work / ".checkpoints").iterdir()), "the killed run's state (other data) is removed too"
     assert {r.info.status for r in _runs(work)} == {"KILLED", "FINISHED"}
