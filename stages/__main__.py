@@ -18,6 +18,7 @@ from stages import (
     robustness_data,
     student,
     teacher,
+    ui,
 )
 
 app = typer.Typer(help="Noisy Student Training stages (the same commands dvc.yaml runs).", no_args_is_help=True)
@@ -34,6 +35,7 @@ app.command("eval-p")(eval_p.main)
 app.command("eval-a")(eval_a.main)
 app.command("eval-fgsm")(eval_fgsm.main)
 app.command("report")(report.main)
+app.command("ui")(ui.main)
 
 if __name__ == "__main__":
     app()

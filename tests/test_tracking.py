@@ -212,3 +212,16 @@ def test_champion_moves_to_the_best_student(tmp_path: Path, monkeypatch: pytest.
     assert str(client.get_model_version_by_alias("noisy-student", registry.CHAMPION).version) == "2"
     assert client.get_model_version("noisy-student", "3").tags[registry.TOP1_TAG] == "0.85"
     assert registry.rate_model(None, checkpoints[0], 0.99) is None  # registration off
+
+
+def test_training_runs_url_selects_the_training_side(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from noisy_student.tracking import training_runs_url
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("NOISY_STUDENT_ROOT", str(tmp_path))
+    url = training_runs_url("http://127.0.0.1:5000/", "noisy-student")
+    experiment = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").get_experiment_by_name(
+        "noisy-student"
+    )
+    assert url == f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"

@@ -13,7 +13,7 @@ Stages call these helpers with the results the library returned:
 
 from noisy_student.tracking.registry import CHAMPION, log_model, rate_model
 from noisy_student.tracking.runs import log_artifacts, log_datasets, log_history, stage_run, write_metrics
-from noisy_student.tracking.store import experiment_name, flatten, tracking_uri
+from noisy_student.tracking.store import experiment_name, flatten, tracking_uri, training_runs_url
 
 __all__ = [
     "CHAMPION",
@@ -26,5 +26,6 @@ __all__ = [
     "rate_model",
     "stage_run",
     "tracking_uri",
+    "training_runs_url",
     "write_metrics",
 ]

@@ -63,6 +63,17 @@ def ensure_experiment(name: str) -> str:
     return experiment.experiment_id
 
 
+def training_runs_url(base_url: str, experiment: str) -> str:
+    """The UI address of ``experiment``'s runs table on the model-training side.
+
+    MLflow 3's UI follows a per-browser GenAI / Model training switch (GenAI at first) over the
+    experiment's kind tag; ``workflowType=machine_learning`` in the address selects the training side
+    and the browser remembers it.
+    """
+    mlflow.set_tracking_uri(tracking_uri())
+    return f"{base_url.rstrip('/')}/#/experiments/{ensure_experiment(experiment)}/runs?workflowType=machine_learning"
+
+
 @contextmanager
 def store_lock() -> Iterator[None]:
     """Hold an exclusive lock shared by every process of this machine that writes to the same store.
