@@ -58,9 +58,8 @@ def main(
         pool_files = (data / paths.LABELED.name, selected, data / paths.UNLABELED.name)
         tracking.log_datasets(training=pool_files, evaluation=(data / paths.TEST.name,))
         try:
-            result = train_model(
-                plan, inputs, paths.checkpoints_dir(), tracking.log_history, teacher_model.state_dict()
-            )
+            checkpoints, warm = paths.checkpoints_dir(), teacher_model.state_dict()
+            result = train_model(plan, inputs, checkpoints, tracking.log_history, warm, key)
         except PlanError as exc:
             fail(f"{params_file}: {exc} (teacher: {teacher})")
             raise

@@ -29,7 +29,7 @@ def main(
     plan = RunPlan.teacher(params)
     with exclusive_run(plan, inputs) as key, tracking.stage_run("teacher", params, ("teacher",), resume_key=key):
         tracking.log_datasets(training=(labeled_file,), evaluation=(test_file,))
-        result = train_model(plan, inputs, paths.checkpoints_dir(), on_epoch=tracking.log_history)
+        result = train_model(plan, inputs, paths.checkpoints_dir(), on_epoch=tracking.log_history, key=key)
         csv, png = (paths.curves_file(paths.TEACHER, s, metrics.parent) for s in ("csv", "png"))
         save_training_outputs(result, plan.name, out, csv, png)
         tracking.log_artifacts("plots", png)

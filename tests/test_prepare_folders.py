@@ -19,7 +19,7 @@ from tests.conftest import ROOT, micro_params, run
 from tests.test_folders import CLASSES, make_tree
 
 
-def _params(tmp_path: Path, dirs: dict[str, Path], **data: Any) -> Path:
+def folders_params(tmp_path: Path, dirs: dict[str, Path], **data: Any) -> Path:
     p = micro_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
     p["data"].update(
         source="folders",
@@ -64,7 +64,7 @@ def _prepare(params: Path, out: Path) -> dict[str, Any]:
 
 def test_prepare_folders_rgb_layout_ids_and_determinism(tmp_path: Path) -> None:
     dirs = make_tree(tmp_path / "images")
-    params = _params(tmp_path, dirs)
+    params = folders_params(tmp_path, dirs)
     got = _prepare(params, tmp_path / "run1")
     labeled, unlabeled, test = got["labeled"], got["unlabeled"], got["test"]
 
@@ -99,7 +99,7 @@ def test_prepare_folders_rgb_layout_ids_and_determinism(tmp_path: Path) -> None:
 def test_prepare_folders_grey_cap_and_overlap(tmp_path: Path) -> None:
     dirs = make_tree(tmp_path / "images")
     # the pool is the whole tree, labeled + test included: those files must be left out of it
-    params = _params(tmp_path, {**dirs, "unlabeled": tmp_path / "images"}, channels=1, max_unlabeled=3)
+    params = folders_params(tmp_path, {**dirs, "unlabeled": tmp_path / "images"}, channels=1, max_unlabeled=3)
     got = _prepare(params, tmp_path / "run")
     assert got["labeled"].images.shape == (12, 16, 16) and got["labeled"].channels == 1
     assert got["unlabeled"].images.shape == (3, 16, 16)
@@ -149,7 +149,7 @@ def test_prepare_folders_bad_inputs(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     dirs, expected = _broken(tmp_path, case)
     # the last line is the message (decoding progress bars may precede it)
-    err = _fail_in_process(tmp_path, _params(tmp_path, dirs), capsys).strip().splitlines()[-1]
+    err = _fail_in_process(tmp_path, folders_params(tmp_path, dirs), capsys).strip().splitlines()[-1]
     assert err.startswith("error: ") and re.search(expected, err), err
     assert not (tmp_path / "mlflow.db").exists()  # stopped before an MLflow run was opened
 
@@ -157,7 +157,9 @@ def test_prepare_folders_bad_inputs(
 def test_prepare_folders_cli_error_and_missing_param(tmp_path: Path) -> None:
     dirs = make_tree(tmp_path / "images")
     (dirs["labeled"] / "cat" / "img1.png").write_bytes(b"")  # an empty file with an image extension
-    proc = run([sys.executable, "-m", "stages.prepare", "--params", str(_params(tmp_path, dirs))], ROOT, check=False)
+    proc = run(
+        [sys.executable, "-m", "stages.prepare", "--params", str(folders_params(tmp_path, dirs))], ROOT, check=False
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "cat/img1.png: cannot read this image" in proc.stderr
     # source: folders without test_dir is refused at params load, naming the key

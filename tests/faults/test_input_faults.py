@@ -26,8 +26,9 @@ from noisy_student.pseudo_labels import filter_balance_shards, student_targets, 
 from noisy_student.pseudo_labels.targets import ParquetReadError
 from noisy_student.robustness.loaders import load_image_folder
 from stages._common import friendly_errors
-from tests.conftest import ROOT, micro_params
+from tests.conftest import ROOT
 from tests.test_folders import make_tree
+from tests.test_prepare_folders import folders_params
 
 NOT_PARQUET = r"not a readable Parquet file, truncated or corrupt .*rerun the `{}` stage .*`dvc checkout`"
 
@@ -63,16 +64,7 @@ def _write_png(path: Path, width: int, height: int, value: int = 200) -> None:
 def test_prepare_stage_refuses_a_1x1_image_naming_file_and_size(tmp_path: Path) -> None:
     dirs = make_tree(tmp_path / "images")
     _write_png(dirs["unlabeled"] / "sub" / "pixel.png", 1, 1)  # e.g. a tracking pixel saved with the crawl
-    p = micro_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
-    p["data"].update(
-        source="folders",
-        labeled_dir=str(dirs["labeled"]),
-        unlabeled_dir=str(dirs["unlabeled"]),
-        test_dir=str(dirs["test"]),
-        image_size=32,
-    )
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump(p))
+    params = folders_params(tmp_path, dirs)
     out, metrics = tmp_path / "prepared", tmp_path / "m.json"
     proc = _stage("stages.prepare", ["--params", str(params), "--out", str(out), "--metrics", str(metrics)], tmp_path)
     line = _one_line_error(proc)

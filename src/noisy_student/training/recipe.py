@@ -278,11 +278,13 @@ def train_model(
     checkpoints: Path,
     on_epoch: EpochCallback,
     warm_start: Mapping[str, torch.Tensor] | None = None,
+    key: str | None = None,
 ) -> TrainResult:
     """Build and train the model of ``plan``; resumable state lives in the folder ``checkpoints``.
 
     ``on_epoch`` receives every epoch's record (e.g. to log it to MLflow);
-    ``warm_start``: the teacher's state dict when ``plan.warm_start``. Raises
+    ``warm_start``: the teacher's state dict when ``plan.warm_start``; ``key``: the resume key
+    :func:`claim_run` yielded (saves hashing the data again; computed when None). Raises
     :class:`PlanError` before any training when the plan cannot run.
     """
     device = resolve_device(plan.device)
@@ -295,7 +297,7 @@ def train_model(
         return {"test_top1": acc["top1"], "test_top5": acc["top5"]}
 
     data = training_data(plan, inputs)
-    key = plan.key(data)
+    key = key or plan.key(data)
     start = time.perf_counter()
     final, history = train_classifier(
         model,
