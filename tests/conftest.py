@@ -21,10 +21,14 @@ PROJECT_FILES = ("src", "stages", "dvc.yaml", "params.yaml", "pyproject.toml", "
 def micro_params(base: dict[str, Any]) -> dict[str, Any]:
     """Shrink the default params to a seconds-long run: tiny arch, few hundred images, one epoch."""
     p = yaml.safe_load(yaml.safe_dump(base))
+    p["precision"] = "fp32"  # tests compare against float32 references; bf16 has its own tests
+    # one iteration keeps the suite short; tests of iterating add it2 themselves
+    p["iterations"] = {"it1": {"teacher": "teacher"}}
+    p["evaluate"] = ["teacher", "it1"]
     p["data"].update(labeled_per_class=10, unlabeled_size=300, test_size=200, ood_images=40)
     for section in ("teacher", "student"):
         p[section]["model"] = {"arch": "test_resnet", "small_image": True}
-        p[section]["optim"].update(epochs=1, batch_size=16, eval_every=1, warmup_epochs=0)
+        p[section]["optim"].update(epochs=1, batch_size=16, eval_every=1, warmup_epochs=0, compile=False)
     p["student"]["unlabeled_ratio"] = 2
     p["filter"].update(confidence_threshold=0.0, images_per_class=20)
     p["pseudo_labels"]["shard_size"] = 128

@@ -15,7 +15,7 @@ def test_default_params_file_is_valid() -> None:
     params = load_params(ROOT / "params.yaml")
     assert params.filter.confidence_threshold == 0.3
     assert params.pseudo_labels.mode == "soft"
-    assert list(params.iterations) == ["it1"]
+    assert list(params.iterations) == ["it1", "it2"]
 
 
 def _raw() -> dict:
@@ -109,6 +109,7 @@ def test_iteration_overrides_merge_into_their_sections_only() -> None:
 
 def test_bad_iteration_override_names_the_iteration_key() -> None:
     raw = _raw()
+    raw["evaluate"] = ["teacher", "it1"]  # the overrides below define it1 only
     raw["iterations"] = {"it1": {"teacher": "teacher", "student": {"unlabeled_ratio": 0}}}
     with pytest.raises(ParamsError, match=r"iterations\.it1\.student\.unlabeled_ratio.*0"):
         parse_params(raw)

@@ -152,3 +152,19 @@ def test_pretraining_phase_uses_only_pseudo_labels() -> None:
             device=torch.device("cpu"),
             seed=0,
         )
+
+
+def test_bf16_autocast_trains_close_to_float32() -> None:
+    # bf16 is emulated on CPUs without the instructions: slow there, but it must train the same model
+    model32, hist32 = _train(None, epochs=6)
+    model16, hist16 = _train(None, epochs=6, amp_dtype=torch.bfloat16)
+    assert hist16[-1]["train_loss"] < hist16[0]["train_loss"]
+    assert abs(hist16[-1]["train_loss"] - hist32[-1]["train_loss"]) < 0.1
+    assert all(p.dtype == torch.float32 for p in model16.parameters())  # autocast keeps float32 master weights
+
+
+def test_channels_last_is_the_same_training() -> None:
+    model_cl, _ = _train(None, epochs=2)
+    model_nchw, _ = _train(None, epochs=2, channels_last=False)
+    for (name, a), b in zip(model_cl.state_dict().items(), model_nchw.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4, msg=name)

@@ -164,7 +164,7 @@ class OptimParams(_Section):
     eval_every: int = Field(5, ge=1)
     # optimizer updates between resumable checkpoints (written atomically)
     checkpoint_steps: int = Field(200, ge=1)
-    # torch.compile the model (CUDA mainly; off by default: compile time dominates small runs)
+    # torch.compile the model's training forward (CPU and CUDA; costs ~30 s of compiling per run)
     compile: bool = False
 
 
@@ -296,6 +296,9 @@ class TrackingParams(_Section):
 class Params(_Section):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda", "xla"] = "auto"
+    # autocast dtype of training and inference (attacks stay float32): auto = bf16 on CUDA and on CPUs
+    # with bf16 instructions (avx512_bf16 / amx_bf16), float32 elsewhere
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     data: DataParams = DataParams()
     teacher: TeacherParams = TeacherParams()
     noise: StudentNoiseParams = StudentNoiseParams()

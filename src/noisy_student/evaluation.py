@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from noisy_student.devices import autocast
 from noisy_student.models import model_noise_on
 
 
@@ -47,19 +48,20 @@ def predict_logits(
     progress: bool = True,
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
     model_noise: bool = False,
+    amp_dtype: torch.dtype | None = None,
 ) -> np.ndarray:
     """Logits ``(N, K)`` float32 for uint8 images ``(N, C, H, W)``.
 
     By default the model is in eval mode and sees clean images (the paper's
     un-noised teacher). ``augment`` (uint8 batch -> uint8 batch) and
     ``model_noise`` (dropout + stochastic depth on, batch norm still in eval
-    mode) give the *noised* teacher of the Table 6 ablation.
+    mode) give the *noised* teacher of the Table 6 ablation. ``amp_dtype``: autocast dtype
+    (``devices.resolve_precision``); None runs in float32.
     """
     was_training = model.training
     model.eval()
     outs = []
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    with autocast, model_noise_on(model) if model_noise else nullcontext():
+    with autocast(device, amp_dtype), model_noise_on(model) if model_noise else nullcontext():
         batches = range(0, len(images), batch_size)
         interval = 0.2 if sys.stderr.isatty() else 5.0  # logs get a line every few seconds
         for start in tqdm(batches, desc=desc, unit="batch", disable=not progress, mininterval=interval):
@@ -73,8 +75,14 @@ def predict_logits(
 
 
 def evaluate_classifier(
-    model: nn.Module, images: np.ndarray, labels: np.ndarray, batch_size: int, device: torch.device, desc: str = "eval"
+    model: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    device: torch.device,
+    desc: str = "eval",
+    amp_dtype: torch.dtype | None = None,
 ) -> dict[str, float]:
     """Clean top-1 / top-5 (fractions 0..1) of ``model`` on uint8 ``images`` ``(N, H, W[, C])`` with ``labels``."""
-    logits = predict_logits(model.to(device), images_tensor(images), batch_size, device, desc=desc)
+    logits = predict_logits(model.to(device), images_tensor(images), batch_size, device, desc=desc, amp_dtype=amp_dtype)
     return topk_accuracy(logits, labels)

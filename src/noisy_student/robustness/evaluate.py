@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from noisy_student.config import Params, ParamsError, RobustnessParams
 from noisy_student.data import ImageSet, load_imageset
-from noisy_student.devices import resolve_device
+from noisy_student.devices import inference_dtype, resolve_device
 from noisy_student.evaluation import images_tensor, predict_logits, topk_accuracy
 from noisy_student.io import atomic_path
 from noisy_student.models import ImageClassifier, ModelSpec, load_classifier
@@ -60,18 +60,24 @@ Benchmark = Literal["A", "C", "P"]
 
 @dataclass(frozen=True)
 class ModelUnderTest:
-    """The evaluated checkpoint on its device, and the batch size it is run with."""
+    """The evaluated checkpoint on its device, the batch size and autocast dtype (None: float32) it runs with."""
 
     net: ImageClassifier
     device: torch.device
     batch_size: int
+    amp_dtype: torch.dtype | None = None
+
+    def logits(self, images: torch.Tensor) -> np.ndarray:
+        """Float32 logits ``(N, K)`` of uint8 ``images`` ``(N, C, H, W)``, clean, in eval mode."""
+        return predict_logits(self.net, images, self.batch_size, self.device, progress=False, amp_dtype=self.amp_dtype)
 
 
 def load_model_under_test(path: Path, params: Params) -> ModelUnderTest:
     """The checkpoint at ``path`` on ``params.device``, run in batches of ``robustness.batch_size``."""
     net, _, _ = load_classifier(path)
     device = resolve_device(params.device)
-    return ModelUnderTest(net.to(device), device, params.robustness.batch_size)
+    amp_dtype = inference_dtype(params.precision, device)
+    return ModelUnderTest(net.to(device), device, params.robustness.batch_size, amp_dtype)
 
 
 def _top1_error(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -141,10 +147,10 @@ def evaluate_embedded_c(s: EmbeddedSet, test: Path, desc: str = "eval-C") -> dic
     for i, corruption in enumerate(tqdm(s.arrays["corruptions"].tolist(), desc=desc, mininterval=5.0)):
         errors[corruption] = {}
         for j in range(images.shape[1]):
-            logits = predict_logits(m.net, images_tensor(images[i, j]), m.batch_size, m.device, progress=False)
+            logits = m.logits(images_tensor(images[i, j]))
             errors[corruption][j + 1] = _top1_error(logits, labels)
     clean = load_imageset(test)
-    clean_logits = predict_logits(m.net, images_tensor(clean.images), m.batch_size, m.device, progress=False)
+    clean_logits = m.logits(images_tensor(clean.images))
     clean_error = _top1_error(clean_logits, clean.labels)
     base = {c: {int(sev): e for sev, e in by_sev.items()} for c, by_sev in s.baseline["c_errors"].items()}
     summary = mce_summary(errors, base, clean_error, s.baseline["clean_error"])
@@ -163,7 +169,7 @@ def evaluate_embedded_p(s: EmbeddedSet, desc: str = "eval-P") -> dict[str, float
     t5ds: dict[str, float] = {}
     for i, pert in enumerate(tqdm(s.arrays["perturbations"].tolist(), desc=desc, mininterval=5.0)):
         frames = images_tensor(seqs[i].reshape(n * t, *seqs.shape[3:]))
-        logits = predict_logits(m.net, frames, m.batch_size, m.device, progress=False).reshape(n, t, -1)
+        logits = m.logits(frames).reshape(n, t, -1)
         _stability(logits, pert, fps, t5ds, top5=logits.shape[-1] >= TOP5_MIN_CLASSES)
     summary = mfr_summary(fps, t5ds, s.baseline["p_flip_probability"], s.baseline["p_top5_distance"])
     return {**summary, **{f"fp_{k}": v for k, v in fps.items()}}
@@ -172,7 +178,7 @@ def evaluate_embedded_p(s: EmbeddedSet, desc: str = "eval-P") -> dict[str, float
 def evaluate_embedded_a(s: EmbeddedSet) -> dict[str, float]:
     """Top-1 / top-5 (0..1) on the test images the reference model misclassifies, and their count."""
     m = s.model
-    logits = predict_logits(m.net, images_tensor(s.arrays["images"]), m.batch_size, m.device, progress=False)
+    logits = m.logits(images_tensor(s.arrays["images"]))
     acc = topk_accuracy(logits, s.arrays["labels"])
     return {"top1": acc["top1"], "top5": acc["top5"], "images": int(len(s.arrays["labels"]))}
 
@@ -299,7 +305,8 @@ def load_release(path: Path, params: Params, benchmark: Benchmark) -> Release:
     device = resolve_device(params.device)
     size = r.image_size or RELEASE_IMAGE_SIZE
     release_input = ReleaseInput(wnids, size, spec.in_chans, r.crop_fraction, r.release_max_per_class)
-    release = Release(root, ModelUnderTest(net.to(device), device, r.batch_size), release_input)
+    model = ModelUnderTest(net.to(device), device, r.batch_size, inference_dtype(params.precision, device))
+    release = Release(root, model, release_input)
     if benchmark == "P" and r.p_baseline_file:
         fp, t5 = load_p_baseline(r.p_baseline_file)
         release = Release(release.root, release.model, release.input, fp, t5)
@@ -328,7 +335,7 @@ def evaluate_imagenet_c(release: Release, r: RobustnessParams, desc: str = "eval
     images_read = 0
     sets = iter_imagenet_c(root, wnids=spec.wnids, **spec.loader_kwargs())
     for corruption, severity, images, labels in tqdm(sets, desc=desc, mininterval=5.0):
-        logits = predict_logits(m.net, images, m.batch_size, m.device, progress=False)
+        logits = m.logits(images)
         truth = _checked_labels(labels, logits.shape[1], f"{root}/{corruption}/{severity}")
         errors.setdefault(corruption, {})[severity] = _top1_error(logits, truth)
         images_read += len(truth)
@@ -336,7 +343,7 @@ def evaluate_imagenet_c(release: Release, r: RobustnessParams, desc: str = "eval
     clean_error = None
     if r.imagenet_val_dir:
         val, val_labels, _ = load_image_folder(r.imagenet_val_dir, wnids=spec.wnids, **spec.loader_kwargs())
-        val_logits = predict_logits(m.net, val, m.batch_size, m.device, progress=False)
+        val_logits = m.logits(val)
         clean_error = _top1_error(val_logits, _checked_labels(val_labels, val_logits.shape[1], r.imagenet_val_dir))
         out["clean_error"] = clean_error
     # every released corruption has severities 1..5; `mce` refuses a partial set against the
@@ -361,7 +368,7 @@ def evaluate_imagenet_p(release: Release, r: RobustnessParams, desc: str = "eval
     for pert, videos, _labels in tqdm(clips, desc=desc, mininterval=5.0):
         n, t = videos.shape[:2]
         frames = videos.reshape(n * t, *videos.shape[2:])
-        logits = predict_logits(m.net, frames, m.batch_size, m.device, progress=False).reshape(n, t, -1)
+        logits = m.logits(frames).reshape(n, t, -1)
         _stability(logits, pert, fps, t5ds, top5=True)
         sequences += n
     out: dict[str, Any] = mfr_summary(fps, t5ds, release.p_flip_probability, release.p_top5_distance)
@@ -377,7 +384,7 @@ def evaluate_imagenet_a(release: Release) -> dict[str, Any]:
     """ImageNet-A: top-1 / top-5 (0..1) over the 200-class subset of the logits (method.md, Robustness metrics)."""
     m, spec = release.model, release.input
     images, labels, class_indices = load_imagenet_a(release.root, spec.wnids, **spec.loader_kwargs())
-    logits = predict_logits(m.net, images, m.batch_size, m.device, progress=False)
+    logits = m.logits(images)
     acc = topk_accuracy(masked_topk(logits, class_indices), labels.numpy())
     return {
         "top1": acc["top1"],

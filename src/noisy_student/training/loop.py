@@ -17,7 +17,6 @@ from __future__ import annotations
 import pickle
 import sys
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from timm.scheduler.scheduler import Scheduler
 from tqdm.auto import tqdm
 
 from noisy_student.config import NoiseParams, OptimParams, StudentNoiseParams
+from noisy_student.devices import autocast
 from noisy_student.io import save_torch
 from noisy_student.models import ImageClassifier
 from noisy_student.noise import BatchAugment
@@ -218,16 +218,17 @@ class _Batches:
         unlabeled_batch: int,
         labeled_in_batch: bool,
         device: torch.device,
+        channels_last: bool,
     ) -> None:
-        self.data, self.streams, self.device = data, streams, device
+        self.data, self.streams, self.device, self.channels_last = data, streams, device, channels_last
         self.batch_size, self.unlabeled_batch, self.labeled_in_batch = batch_size, unlabeled_batch, labeled_in_batch
         self.augment = BatchAugment(noise)
         self.augment_unlabeled = self.augment if noise.unlabeled_augment else BatchAugment(noise, augment=False)
 
     def _to_device(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 ``(B, C, H, W)`` -> float 0..1 on the device (channels-last on CUDA)."""
+        """uint8 ``(B, C, H, W)`` -> float 0..1 on the device, in the model's memory format."""
         x = images.to(self.device, non_blocking=True).float().div_(255)
-        return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else x
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def next(self) -> tuple[Batch | None, Batch | None, int]:
         """(labeled batch or None, pseudo-labeled batch or None, images in the step)."""
@@ -256,6 +257,8 @@ def train_classifier(
     unlabeled_ratio: int = 0,
     labeled_in_batch: bool = True,
     device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = True,
     seed: int,
     checkpoint_path: Path | None = None,
     checkpoint_key: str = "",
@@ -271,7 +274,10 @@ def train_classifier(
     ``optim.eval_every`` epochs and on the last one; its metrics join that
     epoch's record. ``on_epoch`` receives each record. ``labeled_in_batch=False``
     trains on the pseudo-labeled stream alone while epochs are still counted
-    on the labeled set (Table 13's pretraining phase). Every
+    on the labeled set (Table 13's pretraining phase). ``amp_dtype``: the
+    autocast dtype of forward + loss (``devices.resolve_precision``; None:
+    float32). ``channels_last``: model and inputs in channels-last memory
+    format (faster convolutions on CUDA and on CPU: bench/speedup.py). Every
     ``optim.checkpoint_steps`` updates the full state (weights, optimizer, EMA,
     data streams, RNGs, partial epoch loss) is saved atomically; a call with
     the same ``checkpoint_key`` resumes from it exactly.
@@ -282,8 +288,9 @@ def train_classifier(
     seed_everything(seed)
     gen = torch.Generator().manual_seed(seed)
     model.to(device)
-    if device.type == "cuda":
+    if channels_last:
         model.to(memory_format=torch.channels_last)
+    if device.type == "cuda":
         data = _resident(data, device)
     task = NoisyStudentTask(
         model,
@@ -299,7 +306,7 @@ def train_classifier(
     if data.has_unlabeled:
         streams["unlabeled"] = _Stream(len(data.unlabeled_images), gen)
     u_batch = optim.batch_size * unlabeled_ratio if data.has_unlabeled else 0
-    batches = _Batches(data, streams, pseudo, optim.batch_size, u_batch, labeled_in_batch, device)
+    batches = _Batches(data, streams, pseudo, optim.batch_size, u_batch, labeled_in_batch, device, channels_last)
     resume = _Resume(checkpoint_path, checkpoint_key, task, optimizer, streams, gen)
     progress = resume.load()
     if progress is not None:
@@ -310,7 +317,6 @@ def train_classifier(
         )
     progress = progress or _Progress()
 
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     total_steps = optim.epochs * steps_per_epoch
     bar = tqdm(
         total=total_steps,
@@ -328,7 +334,7 @@ def train_classifier(
             progress.loss_sum, progress.seen = 0.0, 0
         for step in range(progress.step, steps_per_epoch):
             labeled, unlabeled, images = batches.next()
-            with autocast:
+            with autocast(device, amp_dtype):
                 loss = task(labeled, unlabeled)["loss"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -32,7 +32,7 @@ import torch
 
 from noisy_student.config import FixResParams, ModelParams, NoiseParams, OptimParams, Params
 from noisy_student.data import ImageSet
-from noisy_student.devices import resolve_device
+from noisy_student.devices import inference_dtype, resolve_device, resolve_precision
 from noisy_student.evaluation import images_tensor, predict_logits, topk_accuracy
 from noisy_student.io import atomic_path
 from noisy_student.models import ImageClassifier, ModelSpec, check_student_size, create_classifier, save_checkpoint
@@ -68,12 +68,20 @@ class RunPlan:
     teacher_parameters: int | None = None  # a student must have at least as many, unless allow_smaller
     allow_smaller: bool = False
     warm_start: bool = False  # start from the teacher's weights (Table 15), given to train_model
+    precision: str = "auto"  # the ``precision`` param: autocast dtype, resolved on the device by train_model
 
     @classmethod
     def teacher(cls, params: Params) -> RunPlan:
         t = params.teacher
         return cls(
-            training_name("teacher"), params.seed, params.device, t.model, t.optim, t.noise, params.eval.batch_size
+            training_name("teacher"),
+            params.seed,
+            params.device,
+            t.model,
+            t.optim,
+            t.noise,
+            params.eval.batch_size,
+            precision=params.precision,
         )
 
     @classmethod
@@ -94,6 +102,7 @@ class RunPlan:
             teacher_parameters=teacher_parameters,
             allow_smaller=s.allow_smaller,
             warm_start=s.init == "teacher",
+            precision=params.precision,
         )
 
     def key(self, data: TrainData) -> str:
@@ -288,11 +297,12 @@ def train_model(
     :class:`PlanError` before any training when the plan cannot run.
     """
     device = resolve_device(plan.device)
+    amp_dtype, eval_dtype = resolve_precision(plan.precision, device), inference_dtype(plan.precision, device)
     model, spec = build_model(plan, inputs, warm_start)
     test_images = images_tensor(inputs.test.images)
 
     def eval_fn(m: ImageClassifier) -> dict[str, float]:
-        logits = predict_logits(m, test_images, plan.eval_batch_size, device, progress=False)
+        logits = predict_logits(m, test_images, plan.eval_batch_size, device, progress=False, amp_dtype=eval_dtype)
         acc = topk_accuracy(logits, inputs.test.labels)
         return {"test_top1": acc["top1"], "test_top5": acc["top5"]}
 
@@ -307,6 +317,7 @@ def train_model(
         unlabeled_ratio=plan.unlabeled_ratio,
         labeled_in_batch=plan.finetune_epochs == 0,
         device=device,
+        amp_dtype=amp_dtype,
         seed=seed_for(plan.seed, "train"),
         checkpoint_path=checkpoints / f"{plan.name}-{key}.pt",
         checkpoint_key=key,
@@ -321,6 +332,7 @@ def train_model(
             plan.optim.model_copy(update={"epochs": plan.finetune_epochs, "warmup_epochs": 0}),
             plan.noise,
             device=device,
+            amp_dtype=amp_dtype,
             seed=seed_for(plan.seed, "finetune"),
             checkpoint_path=checkpoints / f"{plan.name}-{key}-finetune.pt",
             checkpoint_key=key,
@@ -336,6 +348,7 @@ def train_model(
             plan.optim,
             plan.fixres,
             device=device,
+            amp_dtype=amp_dtype,
             seed=seed_for(plan.seed, "fixres"),
             checkpoint_path=checkpoints / f"{plan.name}-{key}-fixres.pt",
             checkpoint_key=f"{key}-fixres",
