@@ -37,6 +37,7 @@ def main(
         net, spec, meta = load_classifier(model)
     with tracking.stage_run("eval", params, ("eval",), name):
         tracking.log_datasets(evaluation=(test,))
+        tracking.tag_checkpoints(model)  # the report finds this number by the checkpoint's hash
         device = resolve_device(params.device)
         acc = evaluate_classifier(net, data.images, data.labels, params.eval.batch_size, device, desc=f"eval {name}")
         tracking.write_metrics(

@@ -10,7 +10,7 @@ from noisy_student.devices import resolve_device
 from noisy_student.paths import UNLABELED
 from noisy_student.pseudo_labels.predict import load_predict_inputs, predict_pseudo_labels
 from noisy_student.seeds import seed_for
-from noisy_student.tracking import log_datasets, stage_run, write_metrics
+from noisy_student.tracking import log_datasets, stage_run, tag_checkpoints, write_metrics
 from stages._common import METRICS_OPTION, PARAMS_OPTION, friendly_errors, params_or_exit, torch_threads
 
 
@@ -34,6 +34,7 @@ def main(
     device = resolve_device(params.device)
     with stage_run("predict", params, ("pseudo_labels",), iteration):
         log_datasets(inference=(unlabeled,))
+        tag_checkpoints(teacher=teacher, teacher_name=params.iterations[iteration].teacher)
         results = predict_pseudo_labels(inputs, out, pl, device, seed_for(params.seed, "predict"))
         write_metrics(metrics, results)
 

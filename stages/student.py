@@ -65,6 +65,7 @@ def main(
             raise
         csv, png = (paths.curves_file(iteration, s, metrics.parent) for s in ("csv", "png"))
         save_training_outputs(result, plan.name, out, csv, png)
+        tracking.tag_checkpoints(out, teacher, params.iterations[iteration].teacher)  # its teacher, by content
         tracking.log_artifacts("plots", png)
         tracking.log_artifacts("curves", csv)
         extra = {k: stats[k] for k in ("pseudo_labeled_rows", "pseudo_labeled_unique")}

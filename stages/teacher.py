@@ -32,6 +32,7 @@ def main(
         result = train_model(plan, inputs, paths.checkpoints_dir(), on_epoch=tracking.log_history, key=key)
         csv, png = (paths.curves_file(paths.TEACHER, s, metrics.parent) for s in ("csv", "png"))
         save_training_outputs(result, plan.name, out, csv, png)
+        tracking.tag_checkpoints(out)
         tracking.log_artifacts("plots", png)
         tracking.log_artifacts("curves", csv)
         tracking.write_metrics(metrics, result.metrics)

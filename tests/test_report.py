@@ -125,9 +125,10 @@ def test_ablation_table_groups_experiments_against_the_baseline() -> None:
     assert table.loc["workspace", "changed params"] == "(baseline)"
     assert table.loc["workspace", "student top-1 %"] == pytest.approx(81.0)
     assert table.loc["hard", "changed params"] == "pseudo_labels.mode=hard"
-    # no teacher evaluation in the group: the baseline's, and the table says where it came from
+    # no teacher evaluation in the group and no checkpoint hashes (runs logged before the tags): the
+    # baseline's, and the table says it is a guess
     assert table.loc["hard", "teacher top-1 %"] == pytest.approx(80.0)
-    assert table.loc["hard", "teacher from"] == "workspace"
+    assert table.loc["hard", "teacher from"] == "workspace (assumed)"
     assert table.loc["hard", "gain (points)"] == pytest.approx(-1.0)
     assert table.loc["mag3", "changed params"] == "noise.randaugment_magnitude=3"
     assert table.loc["mag3", "student top-1 %"] == pytest.approx(83.0)
@@ -171,6 +172,101 @@ def test_ablation_baseline_is_the_workspace_and_stopped_runs_still_count() -> No
     assert table.loc["no-aug", "changed params"] == "noise.unlabeled_augment=False"
     assert table.loc["no-aug", "gain (points)"] == pytest.approx(1.0)
     assert table.loc["newer", "changed params"] == ""
+
+
+def _tagged(exp: str, name: str, t: int, top1: float | None = None, **tags: Any) -> dict[str, Any]:
+    """A run as :func:`mlflow_runs` reads it from stage_run + tag_checkpoints: checkpoint hashes, pipeline params.
+
+    Student runs log their own sections only (here ``pseudo_labels.mode``), as stage_run does.
+    """
+    own = tags.pop("mode", None)
+    return {**_run(exp, name, t, top1, **({"pseudo_labels__mode": own} if own else {})), **tags}
+
+
+BASE_FULL = {"data.labeled_per_class": "25", "pseudo_labels.mode": "soft", "teacher.epochs": "100"}
+T200 = {**BASE_FULL, "teacher.epochs": "200"}
+FROM_TEACHER = {"teacher_name": "teacher"}
+
+
+def _cached_teacher_history() -> pd.DataFrame:
+    """The fig5 case: an experiment whose 200-epoch teacher was trained earlier, in another experiment."""
+    return pd.DataFrame(
+        [
+            _tagged("workspace", "teacher", 1, checkpoint_md5="A", pipeline_params=BASE_FULL),
+            _tagged("workspace", "eval@teacher", 2, 0.8489, checkpoint_md5="A", pipeline_params=BASE_FULL),
+            _tagged("workspace", "student@it1", 3, mode="soft", teacher_md5="A", checkpoint_md5="S0", **FROM_TEACHER),
+            _tagged("workspace", "eval@it1", 4, 0.8512, checkpoint_md5="S0", pipeline_params=BASE_FULL),
+            # a 200-epoch teacher, trained and evaluated in its own experiment
+            _tagged("t200", "teacher", 5, checkpoint_md5="B", pipeline_params=T200),
+            _tagged("t200", "eval@teacher", 6, 0.8718, checkpoint_md5="B", pipeline_params=T200),
+            # the same teacher params again: DVC restores teacher + eval@teacher from its cache, no runs for them
+            _tagged("fig5-soft", "student@it1", 7, mode="soft", teacher_md5="B", checkpoint_md5="S1", **FROM_TEACHER),
+            _tagged("fig5-soft", "eval@it1", 8, 0.8481, checkpoint_md5="S1", pipeline_params=T200),
+            # a changed data param that only cached stages read: none of the group's own runs logged it
+            _tagged(
+                "fig5-hard",
+                "student@it1",
+                9,
+                mode="hard",
+                teacher_md5="A",
+                checkpoint_md5="S2",
+                pipeline_params={**BASE_FULL, "data.labeled_per_class": "10", "pseudo_labels.mode": "hard"},
+                **FROM_TEACHER,
+            ),
+            _tagged("fig5-hard", "eval@it1", 10, 0.80, checkpoint_md5="S2"),
+            # its teacher's runs are not in the store: the number is unknown, not the baseline's
+            _tagged("lost", "predict@it1", 11, teacher_md5="C", **FROM_TEACHER),
+            _tagged("lost", "eval@it1", 12, 0.83, checkpoint_md5="S3"),
+        ]
+    )
+
+
+def test_ablation_teacher_follows_the_checkpoint_hash_not_the_group() -> None:
+    table = ablation_table(_cached_teacher_history()).set_index("experiment")
+    assert list(table.index) == ["workspace", "t200", "fig5-soft", "fig5-hard", "lost"]
+    soft = table.loc["fig5-soft"]
+    assert soft["teacher top-1 %"] == pytest.approx(87.18)
+    assert soft["teacher from"] == "t200"
+    assert soft["gain (points)"] == pytest.approx(-2.37)
+    # the baseline's teacher, found by its hash from an experiment that did not evaluate it
+    assert table.loc["fig5-hard", "teacher top-1 %"] == pytest.approx(84.89)
+    assert table.loc["fig5-hard", "teacher from"] == "workspace"
+    assert table.loc["t200", "teacher from"] == "t200"
+    assert math.isnan(table.loc["lost", "teacher top-1 %"]) and table.loc["lost", "teacher from"] == ""
+    assert math.isnan(table.loc["lost", "gain (points)"])
+
+
+def test_ablation_teacher_through_earlier_students_and_the_committed_baseline() -> None:
+    history = pd.concat(
+        [
+            _cached_teacher_history(),
+            pd.DataFrame(
+                [
+                    # only iteration 2 reran: its teacher is it1 (S0, trained in the workspace from teacher A)
+                    _tagged("it2-only", "predict@it2", 20, teacher_md5="S0", teacher_name="it1"),
+                    _tagged("it2-only", "eval@it2", 21, 0.86, checkpoint_md5="S4"),
+                ]
+            ),
+        ]
+    )
+    table = ablation_table(history).set_index("experiment")
+    assert table.loc["it2-only", "teacher top-1 %"] == pytest.approx(84.89)
+    assert table.loc["it2-only", "teacher from"] == "workspace"
+    # the workspace as baseline: its committed teacher number stands for every experiment sharing its teacher
+    defaults = {**BASE_FULL, "noise.randaugment_magnitude": "9"}
+    table = ablation_table(history, defaults=defaults, baseline_top1={"teacher": 0.85, "it1": 0.86})
+    table = table.set_index("experiment")
+    assert table.loc["fig5-hard", "teacher top-1 %"] == pytest.approx(85.0)
+    assert table.loc["fig5-soft", "teacher top-1 %"] == pytest.approx(87.18)
+    assert table.loc["fig5-soft", "changed params"] == "teacher.epochs=200"
+
+
+def test_ablation_changed_params_come_from_the_whole_params_file() -> None:
+    table = ablation_table(_cached_teacher_history()).set_index("experiment")
+    assert table.loc["fig5-hard", "changed params"] == "data.labeled_per_class=10, pseudo_labels.mode=hard"
+    # the teacher's param, though the group's only training run is a student's
+    assert table.loc["fig5-soft", "changed params"] == "teacher.epochs=200"
+    assert table.loc["t200", "changed params"] == "teacher.epochs=200"
 
 
 def test_small_helpers() -> None:

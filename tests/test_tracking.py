@@ -17,7 +17,7 @@ import yaml
 from noisy_student.config import Params, load_params
 from noisy_student.data import ImageSet, save_imageset
 from noisy_student.report.history import mlflow_runs
-from noisy_student.tracking import registry, store
+from noisy_student.tracking import registry, runs, store
 from noisy_student.tracking.datasets import count_rows, dataset_for
 from noisy_student.tracking.dvclock import Currency, digest, read_lock
 from noisy_student.tracking.environment import environment_tags
@@ -189,7 +189,31 @@ def test_one_parent_per_pipeline_key(tmp_path: Path, monkeypatch: pytest.MonkeyP
     # the report reads stage runs only
     tags = {"run_kind": "stage", "dvc_exp": "mag2", "mlflow.parentRunId": first}
     client.create_run(experiment_id, run_name="eval@it1", tags=tags)
-    assert list(mlflow_runs(store.tracking_uri(), "noisy-student")["run_name"]) == ["eval@it1"]
+    stage_runs = mlflow_runs(store.tracking_uri(), "noisy-student")
+    assert list(stage_runs["run_name"]) == ["eval@it1"]
+    # with its pipeline's whole params file: what the experiment changed, whatever stages DVC skipped
+    assert stage_runs["pipeline_params"].iloc[0] == parent.data.params
+
+
+def test_runs_name_their_checkpoints_by_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _store(tmp_path, monkeypatch)
+    experiment_id = store.ensure_experiment("noisy-student")
+    student, teacher = tmp_path / "it1.pt", tmp_path / "teacher.pt"
+    student.write_bytes(b"student weights")
+    teacher.write_bytes(b"teacher weights")
+    runs.tag_checkpoints(student)  # outside a run: nothing to tag, no error
+    with mlflow.start_run(experiment_id=experiment_id, run_name="student@it1") as run:
+        runs.tag_checkpoints(student, teacher, "teacher")
+        with pytest.raises(ValueError, match="model name"):
+            runs.tag_checkpoints(teacher=teacher)
+    tags = mlflow.MlflowClient().get_run(run.info.run_id).data.tags
+    md5 = {p: hashlib.md5(p.read_bytes()).hexdigest() for p in (student, teacher)}  # the md5 dvc.lock records
+    assert tags[runs.CHECKPOINT_TAG] == md5[student] and tags[runs.TEACHER_TAG] == md5[teacher]
+    assert tags[runs.TEACHER_NAME_TAG] == "teacher"
+    # the report's view of the run: the same names as columns; a stage run by hand has no pipeline params
+    row = mlflow_runs(store.tracking_uri(), "noisy-student").iloc[0]
+    assert (row["checkpoint_md5"], row["teacher_md5"], row["teacher_name"]) == (md5[student], md5[teacher], "teacher")
+    assert row["pipeline_params"] is None
 
 
 def test_champion_moves_to_the_best_student(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -62,9 +62,10 @@ def render(
     parts += [
         "## Ablations in the experiment history (Table 6 style)\n",
         "One row per DVC experiment (MLflow runs grouped by their `dvc_exp` tag), latest run of each stage. "
-        f"Changed params: what differs from the baseline `{baseline}` (`{BASELINE}`: a plain `dvc repro`). "
-        "An experiment reruns only "
-        "what its change reaches; `teacher from` names the group whose teacher evaluation is shown.\n",
+        f"Changed params: what its whole params file changes against the baseline `{baseline}` (`{BASELINE}`: "
+        "a plain `dvc repro`). An experiment reruns only what its change reaches, so its teacher is found by "
+        "the checkpoint's content hash; `teacher from` names the experiment whose evaluation of that checkpoint "
+        "is shown (empty: no run evaluated it; `(assumed)`: runs logged without checkpoint hashes).\n",
         _md(ablations),
     ]
     if "ablations" in images:

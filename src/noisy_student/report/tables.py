@@ -19,6 +19,9 @@ from noisy_student.paths import TEACHER, model_run_names, natural_key, parse_run
 
 NAN = float("nan")
 BASELINE = "workspace"  # the dvc_exp tag of runs made by a plain `dvc repro` (no DVC experiment)
+# run columns from the checkpoint tags (noisy_student.tracking.runs: same names); absent or None on older runs
+CHECKPOINT, TEACHER_MD5, TEACHER_NAME = "checkpoint_md5", "teacher_md5", "teacher_name"
+PIPELINE_PARAMS = "pipeline_params"  # dict: the whole params file of the run's pipeline (its DVC parent run)
 
 
 def _pct(value: Any) -> float:
@@ -112,6 +115,20 @@ def _merged_params(runs: pd.DataFrame) -> dict[str, str]:
     return merged
 
 
+def _experiment_params(runs: pd.DataFrame) -> dict[str, str]:
+    """A group's whole params file: its newest run's pipeline params, else the union its runs logged.
+
+    The union misses every section that only DVC-cached stages read (a changed ``data.*`` key when the
+    group reran from the student on), so it only stands in for runs without a pipeline parent (stages
+    run by hand, or logged before parents existed).
+    """
+    if PIPELINE_PARAMS in runs:
+        for params in runs.sort_values("start_time", ascending=False)[PIPELINE_PARAMS]:
+            if isinstance(params, dict) and params:
+                return {str(k): str(v) for k, v in params.items()}
+    return _merged_params(runs)
+
+
 def _eval_top1(runs: pd.DataFrame, model: str) -> float:
     """The model's clean top-1 from its ``eval@`` run, else from its training run's final test accuracy.
 
@@ -131,6 +148,77 @@ def _last_student(runs: pd.DataFrame) -> str | None:
     names = [target for stage, target in parsed if stage in ("eval", "student") and target is not None]
     students = sorted({n for n in names if n != TEACHER}, key=natural_key)
     return students[-1] if students else None
+
+
+def _present(value: Any) -> bool:
+    """A tag that was logged: a non-empty string (None / NaN where the run has no such tag)."""
+    return isinstance(value, str) and bool(value)
+
+
+def _model_of(run_name: str) -> str | None:
+    """The model whose checkpoint a run trained or evaluated (``teacher``, ``it1``); None for other stages."""
+    stage, target = parse_run_name(run_name)
+    if run_name == model_run_names(TEACHER)[1]:
+        return TEACHER
+    return target if stage in ("eval", "student") else None
+
+
+def _lineage(runs: pd.DataFrame) -> dict[str, tuple[str, str]]:
+    """Student checkpoint hash -> (teacher name, teacher checkpoint hash), from every run that trained one."""
+    out: dict[str, tuple[str, str]] = {}
+    for run in runs.itertuples(index=False):
+        checkpoint, teacher, name = getattr(run, CHECKPOINT), getattr(run, TEACHER_MD5), getattr(run, TEACHER_NAME)
+        if parse_run_name(str(run.run_name))[0] == "student" and all(map(_present, (checkpoint, teacher, name))):
+            out[checkpoint] = (name, teacher)
+    return out
+
+
+def teacher_checkpoint(group: pd.DataFrame, lineage: dict[str, tuple[str, str]]) -> str | None:
+    """Content hash of the ``teacher`` model an experiment group used; None when its runs carry no such hash.
+
+    DVC skips the stages an experiment did not change, so the group may hold no run of its teacher at
+    all. In order: the group's newest run that trained, evaluated, labelled with or learned from the
+    teacher; else the teacher at the root of a checkpoint the group has (``eval@it2`` -> the run, in any
+    group, that trained that ``it2`` -> its teacher ``it1`` -> ... -> ``teacher``), via ``lineage``
+    (:func:`_lineage` of every run).
+    """
+    known: list[tuple[str, str]] = []  # (model name, checkpoint hash), the group's newest runs first
+    for run in group.sort_values("start_time", ascending=False).itertuples(index=False):
+        model, checkpoint = _model_of(str(run.run_name)), getattr(run, CHECKPOINT)
+        if model is not None and _present(checkpoint):
+            known.append((model, checkpoint))
+        if _present(getattr(run, TEACHER_MD5)) and _present(getattr(run, TEACHER_NAME)):
+            known.append((getattr(run, TEACHER_NAME), getattr(run, TEACHER_MD5)))
+    direct = [checkpoint for model, checkpoint in known if model == TEACHER]
+    if direct:
+        return direct[0]
+    for _, checkpoint in known:
+        for _ in range(len(lineage)):  # a bounded walk: a corrupt history with a cycle ends here
+            if checkpoint not in lineage:
+                break
+            model, checkpoint = lineage[checkpoint]
+            if model == TEACHER:
+                return checkpoint
+    return None
+
+
+def checkpoint_top1(runs: pd.DataFrame, checkpoint: str, prefer: Sequence[str] = ()) -> tuple[float, str]:
+    """Clean top-1 (fraction 0..1) of the checkpoint with content hash ``checkpoint``, and the group that measured it.
+
+    Any run in any group counts (same bytes, same weights); an ``eval@`` run before a training run's last
+    test accuracy, then the groups in ``prefer`` in that order, then the newest run. (NaN, "") when no
+    run of that checkpoint logged a top-1.
+    """
+    rank = {name: i for i, name in enumerate(prefer)}
+    best: tuple[tuple[bool, int, float], float, str] | None = None
+    for run in runs[runs[CHECKPOINT] == checkpoint].itertuples(index=False):
+        top1 = _num(run.top1)
+        if _isnan(top1):
+            continue
+        key = (parse_run_name(str(run.run_name))[0] != "eval", rank.get(run.dvc_exp, len(rank)), -_num(run.start_time))
+        if best is None or key < best[0]:
+            best = (key, top1, str(run.dvc_exp))
+    return (best[1], best[2]) if best else (NAN, "")
 
 
 def param_diff(params: dict[str, str], baseline: dict[str, str], defaults: dict[str, str] | None = None) -> str:
@@ -154,11 +242,18 @@ def ablation_table(
 
     ``runs``: one row per MLflow run with columns ``dvc_exp`` (group), ``run_name`` (``eval@it1``,
     ``student@it1``, ...), ``start_time`` (sortable), ``params_hash``, ``top1`` (the eval runs' metric; NaN
-    elsewhere) and ``params`` (dict of logged params).
+    elsewhere), ``params`` (dict of the params the stage logged) and, optional (runs logged before them
+    lack them), ``checkpoint_md5``, ``teacher_md5``, ``teacher_name`` (checkpoint hashes, str or None)
+    and ``pipeline_params`` (dict: the whole params file of the run's pipeline, or None).
 
     A DVC experiment reruns only the stages its change reaches, so its group often has no ``eval@teacher``
-    run: the teacher's number is then the baseline's, and the ``teacher from`` column says so. The
-    baseline group comes first; the others follow in the order they were first run.
+    run. The teacher is found by content instead (:func:`teacher_checkpoint`): the evaluation of that
+    checkpoint in whichever group ran it (:func:`checkpoint_top1`), named in ``teacher from``; a hash
+    no run evaluated leaves the teacher NaN and ``teacher from`` empty. Groups whose runs carry no
+    hashes (logged before the tags) fall back to their own ``eval@teacher``, else to the baseline's
+    teacher, shown as ``<baseline> (assumed)``. ``changed params`` compares the whole params files
+    (:func:`_experiment_params`). The baseline group comes first; the others follow in the order they
+    were first run.
 
     ``defaults`` (flattened current params, as strings) and ``baseline_top1`` (model -> top-1 in 0..1 from
     the workspace's metrics files) make the baseline *this workspace*: its params are the current ones
@@ -177,12 +272,19 @@ def ablation_table(
     ]
     if runs.empty:
         return pd.DataFrame(columns=columns)
+    # hand-made frames and older stores may lack the checkpoint columns: then every hash is unknown
+    runs = runs.assign(**{c: runs[c] if c in runs else None for c in (CHECKPOINT, TEACHER_MD5, TEACHER_NAME)})
+    lineage = _lineage(runs)
     groups = {name: g for name, g in runs.groupby("dvc_exp", sort=False)}
     base_runs = groups.get(baseline, runs.iloc[0:0])
-    base_params = dict(defaults) if defaults else (_merged_params(base_runs) if len(base_runs) else {})
-    base_teacher = _eval_top1(base_runs, TEACHER) if len(base_runs) else NAN
+    base_params = dict(defaults) if defaults else (_experiment_params(base_runs) if len(base_runs) else {})
+    base_md5 = teacher_checkpoint(base_runs, lineage)
     if baseline_top1 and TEACHER in baseline_top1:
-        base_teacher = baseline_top1[TEACHER]
+        base_teacher, base_from = baseline_top1[TEACHER], baseline
+    elif base_md5 is not None:
+        base_teacher, base_from = checkpoint_top1(runs, base_md5, (baseline,))
+    else:
+        base_teacher, base_from = _eval_top1(base_runs, TEACHER) if len(base_runs) else NAN, baseline
     if baseline_top1 and baseline not in groups:
         groups[baseline] = runs.iloc[0:0]
     first_seen = {name: g["start_time"].min() if len(g) else 0 for name, g in groups.items()}
@@ -191,10 +293,16 @@ def ablation_table(
     for name in order:
         group = groups[name]
         student = _last_student(group)
-        teacher = _eval_top1(group, TEACHER) if name != baseline or not baseline_top1 else base_teacher
-        teacher_from = name
-        if _isnan(teacher):
-            teacher, teacher_from = base_teacher, baseline if not _isnan(base_teacher) else ""
+        md5 = teacher_checkpoint(group, lineage)
+        if name == baseline or (md5 is not None and md5 == base_md5):
+            # the baseline's teacher: its number as the baseline row shows it (committed metrics, if given)
+            teacher, teacher_from = base_teacher, base_from if not _isnan(base_teacher) else ""
+        elif md5 is not None:
+            teacher, teacher_from = checkpoint_top1(runs, md5, (name, baseline))
+        else:  # no hashes on this group's runs (logged before the tags): the old, name-based guess, labelled
+            teacher, teacher_from = _eval_top1(group, TEACHER), name
+            if _isnan(teacher):
+                teacher, teacher_from = base_teacher, f"{baseline} (assumed)" if not _isnan(base_teacher) else ""
         student_top1 = _pct(_eval_top1(group, student)) if student else NAN
         if name == baseline and baseline_top1:
             student = max((m for m in baseline_top1 if m != TEACHER), key=natural_key, default=student)
@@ -205,7 +313,7 @@ def ablation_table(
                 "experiment": name,
                 "changed params": "(baseline)"
                 if name == baseline
-                else param_diff(_merged_params(group), base_params, defaults),
+                else param_diff(_experiment_params(group), base_params, defaults),
                 "student": student or "",
                 "student top-1 %": student_top1,
                 "teacher top-1 %": _pct(teacher),

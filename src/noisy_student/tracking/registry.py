@@ -16,11 +16,10 @@ import numpy as np
 import torch
 
 from noisy_student.tracking.dvclock import file_md5
-from noisy_student.tracking.runs import active_stage
+from noisy_student.tracking.runs import CHECKPOINT_TAG, active_stage
 from noisy_student.tracking.store import experiment_name, store_lock
 
 CHAMPION = "champion"
-CHECKPOINT_TAG = "checkpoint_md5"
 TOP1_TAG = "top1"
 
 

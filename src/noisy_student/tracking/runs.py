@@ -21,11 +21,19 @@ from noisy_student.io import write_json
 from noisy_student.paths import run_name
 from noisy_student.tracking import pipeline as pipelines
 from noisy_student.tracking.datasets import dataset_for
+from noisy_student.tracking.dvclock import file_md5
 from noisy_student.tracking.environment import environment_tags
 from noisy_student.tracking.store import ensure_experiment, experiment_name, flatten, tracking_uri
 
 # training stages sample CPU / memory / disk / network (psutil) and, where NVML is installed, GPU use
 SYSTEM_METRICS_STAGES = ("teacher", "student")
+
+# Run tags naming checkpoints by content (DVC's md5, as in dvc.lock): a model keeps its hash whichever
+# experiment trained it, and DVC restores a cached stage without a run, so the report links an
+# experiment to its teacher's evaluation through these instead of through the experiment's own runs.
+CHECKPOINT_TAG = "checkpoint_md5"  # the checkpoint the run trained (teacher, student@<it>) or evaluated (eval@<m>)
+TEACHER_TAG = "teacher_md5"  # the checkpoint the run labelled with (predict@<it>) or learned from (student@<it>)
+TEACHER_NAME_TAG = "teacher_name"  # that teacher's model name (``teacher``, ``it1``...): the iteration's ``teacher``
 
 
 @dataclass(frozen=True)
@@ -159,6 +167,22 @@ def stage_run(
     if parent is not None and pipeline is not None:
         pipelines.refresh_headline(client, parent, pipeline, os.environ.get("DVC_STAGE") or name)
         pipelines.set_status(client, parent, "FINISHED")
+
+
+def tag_checkpoints(model: Path | None = None, teacher: Path | None = None, teacher_name: str = "") -> None:
+    """Tag the active run with the content hashes of its checkpoints (no-op outside a run).
+
+    ``model``: the checkpoint the run wrote or evaluated (:data:`CHECKPOINT_TAG`); ``teacher`` and
+    ``teacher_name``: the teacher checkpoint it consumed and that model's name (:data:`TEACHER_TAG`,
+    :data:`TEACHER_NAME_TAG`). Hashes are :func:`~.dvclock.file_md5`, the md5 ``dvc.lock`` records.
+    """
+    if teacher is not None and not teacher_name:
+        raise ValueError("tag_checkpoints: a teacher checkpoint needs its model name")
+    tags = {CHECKPOINT_TAG: file_md5(model)} if model is not None else {}
+    if teacher is not None:
+        tags |= {TEACHER_TAG: file_md5(teacher), TEACHER_NAME_TAG: teacher_name}
+    if mlflow.active_run() is not None and tags:
+        mlflow.set_tags(tags)
 
 
 def log_history(record: dict[str, float]) -> None:
