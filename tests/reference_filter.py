@@ -19,14 +19,15 @@ def filter_and_balance(
     confidence: np.ndarray,
     num_classes: int,
     threshold: float,
-    per_class: int,
+    per_class: int | None,
     balance: bool,
     seed: int,
+    upper: float = 1.0,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Select pseudo-labeled rows the way the paper does.
 
-    1. drop rows whose top-1 ``confidence`` is below ``threshold``;
-    2. per predicted class keep the ``per_class`` most confident rows;
+    1. drop rows whose top-1 ``confidence`` is below ``threshold`` (or, with ``upper < 1``, not below ``upper``);
+    2. per predicted class keep the ``per_class`` most confident rows (None: all);
     3. if ``balance``, a class with fewer than ``per_class`` rows is filled up to
        ``per_class`` by duplicating its rows: every row ``per_class // n`` times
        and ``per_class % n`` rows chosen at random once more.
@@ -37,7 +38,7 @@ def filter_and_balance(
     if predicted.shape != confidence.shape:
         raise ValueError(f"predicted {predicted.shape} and confidence {confidence.shape} differ in shape")
     rng = np.random.default_rng(seed)
-    passed = confidence >= threshold
+    passed = (confidence >= threshold) & ((confidence < upper) | (upper >= 1.0))
     rows: list[np.ndarray] = []
     copies: list[np.ndarray] = []
     per_class_stats: list[dict[str, int]] = []
@@ -45,10 +46,10 @@ def filter_and_balance(
         members = np.flatnonzero(passed & (predicted == cls))
         # most confident first; stable sort so ties keep input order
         members = members[np.argsort(-confidence[members], kind="stable")]
-        kept = members[:per_class]
+        kept = members if per_class is None else members[:per_class]
         n = len(kept)
         count = np.ones(n, dtype=np.int64)
-        if balance and 0 < n < per_class:
+        if balance and per_class is not None and 0 < n < per_class:
             count[:] = per_class // n
             extra = rng.choice(n, size=per_class % n, replace=False)
             count[extra] += 1
@@ -67,7 +68,8 @@ def filter_and_balance(
     frame = frame.sort_values("row", kind="stable").reset_index(drop=True)
     stats = {
         "rows_in": int(len(predicted)),
-        "dropped_low_confidence": int((~passed).sum()),
+        "dropped_low_confidence": int((confidence < threshold).sum()),
+        "dropped_above_bin": int(((confidence >= upper) & (upper < 1.0)).sum()),
         "unique": int(len(frame)),
         "total": int(frame["copies"].sum()),
         "per_class": per_class_stats,

@@ -189,9 +189,23 @@ class PseudoLabelParams(_Section):
 
 class FilterParams(_Section):
     confidence_threshold: float = Field(0.3, ge=0, le=1)
-    # K: per-class cap (and fill target when balancing).
-    images_per_class: int = Field(3000, ge=1)
+    # keep confidences below this too (1.0: no upper bound); with the threshold it picks one
+    # confidence bin [threshold, max), the pools of the paper's Fig. 5
+    confidence_max: float = Field(1.0, gt=0, le=1)
+    # K: per-class cap (and fill target when balancing); None: no cap (balance must then be off)
+    images_per_class: int | None = Field(3000, ge=1)
     balance: bool = True
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FilterParams:
+        if self.confidence_max <= self.confidence_threshold:
+            raise ValueError(
+                f"confidence_max ({self.confidence_max}) must be above confidence_threshold "
+                f"({self.confidence_threshold}): together they are the bin [threshold, max) of kept confidences"
+            )
+        if self.balance and self.images_per_class is None:
+            raise ValueError("balance: true needs images_per_class (the count every class is filled up to)")
+        return self
 
 
 class FixResParams(_Section):

@@ -36,22 +36,25 @@ def select_rows(
     confidence: np.ndarray,
     num_classes: int,
     threshold: float,
-    per_class: int,
+    per_class: int | None,
     balance: bool,
     seed: int,
+    upper: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Select pseudo-labeled rows the way the paper does, from ``(N,)`` predicted classes and top-1 confidences.
 
-    1. drop rows whose ``confidence`` is below ``threshold``;
+    1. drop rows whose ``confidence`` is below ``threshold`` or, when ``upper < 1``, at or above
+       ``upper`` (Fig. 5's pools: every image whose confidence lies in one bin ``[threshold, upper)``);
     2. per predicted class keep the ``per_class`` most confident rows (ties:
-       the earlier row first); predictions outside ``0..num_classes-1`` match no class;
+       the earlier row first; ``per_class=None``: no cap); predictions outside
+       ``0..num_classes-1`` match no class;
     3. if ``balance``, a class with fewer than ``per_class`` rows is filled up to
        ``per_class`` by duplicating its rows: every row ``per_class // n`` times
        and ``per_class % n`` rows chosen at random (``seed``, drawn class by
        class in class order) once more.
 
     Returns ``rows`` ``(M,)`` (int64, sorted), ``copies`` ``(M,)`` (int64, >= 1)
-    and a stats dict: ``rows_in``, ``dropped_low_confidence``, ``unique``,
+    and a stats dict: ``rows_in``, ``dropped_low_confidence``, ``dropped_above_bin``, ``unique``,
     ``total`` and ``per_class`` (one dict per class). One sort by (class,
     -confidence) with row order as the stable tie-break replaces a scan of all
     rows per class, so 10M rows x 1,000 classes cost one sort instead of 1,000
@@ -59,8 +62,13 @@ def select_rows(
     """
     if predicted.shape != confidence.shape:
         raise ValueError(f"predicted {predicted.shape} and confidence {confidence.shape} differ in shape")
+    if balance and per_class is None:
+        raise ValueError("balance needs per_class (the number of rows to fill every class up to)")
     rng = np.random.default_rng(seed)
-    passed = confidence >= threshold
+    low = confidence < threshold
+    high = confidence >= upper if upper < 1.0 else np.zeros_like(low)
+    passed = ~low & ~high
+    del low
     cand = np.flatnonzero(passed)
     cls_in = predicted[cand]
     # rows predicting no class in 0..num_classes-1 never match in the reference: leave them out
@@ -77,7 +85,7 @@ def select_rows(
     cand = cand[order]  # grouped by class, most confident first
     del order
     starts = np.concatenate(([0], np.cumsum(passed_per_class)[:-1]))
-    unique = np.minimum(passed_per_class, per_class)
+    unique = passed_per_class if per_class is None else np.minimum(passed_per_class, per_class)
     kept = np.concatenate([cand[s : s + u] for s, u in zip(starts, unique, strict=True)] + [cand[:0]])
     del cand
     kept_starts = np.concatenate(([0], np.cumsum(unique)[:-1]))
@@ -85,7 +93,7 @@ def select_rows(
     total_per_class = unique.astype(np.int64)
     for c in range(num_classes):  # the RNG is drawn per class, in class order, like the reference
         n = int(unique[c])
-        if balance and 0 < n < per_class:
+        if balance and per_class is not None and 0 < n < per_class:
             seg = copies[kept_starts[c] : kept_starts[c] + n]  # this class, most confident first
             seg[:] = per_class // n
             seg[rng.choice(n, size=per_class % n, replace=False)] += 1
@@ -98,7 +106,8 @@ def select_rows(
     del per_row
     stats = {
         "rows_in": int(len(predicted)),
-        "dropped_low_confidence": int((~passed).sum()),
+        "dropped_low_confidence": int((confidence < threshold).sum()),
+        "dropped_above_bin": int(high.sum()),
         "unique": int(len(rows)),
         "total": int(copies.sum()),
         "per_class": [
@@ -153,9 +162,10 @@ def filter_balance_shards(
     out: Path,
     num_classes: int | None,
     threshold: float,
-    per_class: int,
+    per_class: int | None,
     balance: bool,
     seed: int,
+    upper: float = 1.0,
 ) -> ShardSelection:
     """Filter-and-balance a folder of prediction shards out of core and write the selected rows to ``out``.
 
@@ -191,7 +201,7 @@ def filter_balance_shards(
         # the full distribution's width when stored; with top-k only, the classes the teacher predicted
         probs = schema.field("probs") if "probs" in schema.names else None
         num_classes = probs.type.list_size if probs is not None else int(pred.max(initial=-1)) + 1
-    rows, copies, stats = select_rows(pred, conf, num_classes, threshold, per_class, balance, seed)
+    rows, copies, stats = select_rows(pred, conf, num_classes, threshold, per_class, balance, seed, upper)
     bounds = np.searchsorted(rows, offsets)  # rows[bounds[i]:bounds[i+1]] fall in shard i
     with atomic_path(out) as tmp:
         writer: pq.ParquetWriter | None = None
@@ -274,7 +284,14 @@ def filter_balance(predictions: Path, out: Path, params: FilterParams, seed: int
     """
     # out of core: only pred/confidence/label are loaded; selected rows are streamed shard by shard
     sel = filter_balance_shards(
-        predictions, out, None, params.confidence_threshold, params.images_per_class, params.balance, seed
+        predictions,
+        out,
+        None,
+        params.confidence_threshold,
+        params.images_per_class,
+        params.balance,
+        seed,
+        params.confidence_max,
     )
     rows, stats, pred, label = sel.rows, sel.stats, sel.pred, sel.label
     is_ood = label < 0
