@@ -8,7 +8,7 @@ import typer
 
 from noisy_student import paths, tracking
 from noisy_student.data import load_imageset
-from noisy_student.devices import resolve_device
+from noisy_student.devices import inference_dtype, resolve_device
 from noisy_student.evaluation import evaluate_classifier
 from noisy_student.models import load_classifier
 from stages._common import (
@@ -39,7 +39,10 @@ def main(
         tracking.log_datasets(evaluation=(test,))
         tracking.tag_checkpoints(model)  # the report finds this number by the checkpoint's hash
         device = resolve_device(params.device)
-        acc = evaluate_classifier(net, data.images, data.labels, params.eval.batch_size, device, desc=f"eval {name}")
+        amp_dtype = inference_dtype(params.precision, device)  # autocast on CUDA, float32 elsewhere
+        acc = evaluate_classifier(
+            net, data.images, data.labels, params.eval.batch_size, device, desc=f"eval {name}", amp_dtype=amp_dtype
+        )
         tracking.write_metrics(
             metrics,
             {"top1": acc["top1"], "top5": acc["top5"], "images": len(data), "parameters": int(meta.get("params", 0))},

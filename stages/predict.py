@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from noisy_student.devices import resolve_device
+from noisy_student.devices import inference_dtype, resolve_device
 from noisy_student.paths import UNLABELED
-from noisy_student.pseudo_labels.predict import load_predict_inputs, predict_pseudo_labels
+from noisy_student.pseudo_labels.predict import load_predict_inputs, parse_shard, predict_pseudo_labels, process_group
 from noisy_student.seeds import seed_for
 from noisy_student.tracking import log_datasets, stage_run, tag_checkpoints, write_metrics
 from stages._common import METRICS_OPTION, PARAMS_OPTION, friendly_errors, params_or_exit, torch_threads
+
+SHARD_HELP = "i/N: label only input shards j with j % N == i (job i of N); the run without it, after them, merges."
 
 
 def main(
@@ -21,22 +24,36 @@ def main(
     out: Path = typer.Option(..., help="Folder of Parquet shards to write."),
     metrics: Path = METRICS_OPTION,
     params_file: Path = PARAMS_OPTION,
+    shard: Annotated[str | None, typer.Option(help=SHARD_HELP, metavar="i/N")] = None,
 ) -> None:
     """Predict soft pseudo labels at the configured temperature in eval mode.
 
-    Stores the full distribution, or its ``pseudo_labels.top_k`` largest entries when set.
+    Stores the full distribution, or its ``pseudo_labels.top_k`` largest entries when set. Input shard
+    j (``pseudo_labels.shard_size`` pool rows) becomes ``part-<j>.parquet``; shards already written
+    with this teacher and these params are skipped. ``--shard i/N`` jobs (any order, concurrently)
+    and ``torchrun --nproc_per_node N -m stages.predict ...`` split the shards; the run without
+    ``--shard`` (rank 0 under torchrun) completes the folder and writes the metrics from its files.
     """
+    with friendly_errors(ValueError):
+        part = parse_shard(shard) if shard is not None else None
     params = params_or_exit(params_file, iteration)
     torch_threads()
     pl = params.pseudo_labels
     with friendly_errors(ValueError):  # every input is read and checked before an MLflow run is opened
         inputs = load_predict_inputs(teacher, unlabeled, pl)
-    device = resolve_device(params.device)
-    with stage_run("predict", params, ("pseudo_labels",), iteration):
-        log_datasets(inference=(unlabeled,))
-        tag_checkpoints(teacher=teacher, teacher_name=params.iterations[iteration].teacher)
-        results = predict_pseudo_labels(inputs, out, pl, device, seed_for(params.seed, "predict"))
-        write_metrics(metrics, results)
+    with process_group(resolve_device(params.device), part) as (job, device):
+        amp_dtype = inference_dtype(params.precision, device)
+        seed = seed_for(params.seed, "predict")
+        if not job.merges:  # a --shard job or a torchrun rank > 0: its shards only, no MLflow run or metrics
+            done = predict_pseudo_labels(inputs, out, pl, device, seed, job, amp_dtype)
+        else:
+            with stage_run("predict", params, ("pseudo_labels",), iteration):
+                log_datasets(inference=(unlabeled,))
+                tag_checkpoints(teacher=teacher, teacher_name=params.iterations[iteration].teacher)
+                done = predict_pseudo_labels(inputs, out, pl, device, seed, job, amp_dtype)
+                write_metrics(metrics, done.metrics or {})
+    if job.rank == 0:
+        typer.echo(f"predict: labelled {done.written} shards ({done.images} images), {done.skipped} already written")
 
 
 if __name__ == "__main__":

@@ -323,6 +323,7 @@ def test_filter_balance_reports_out_of_domain_and_selected_accuracy(tmp_path: Pa
     assert list(result.stats) == [
         "rows_in",
         "dropped_low_confidence",
+        "dropped_above_bin",
         "unique",
         "total",
         "out_of_domain_in",
@@ -333,7 +334,7 @@ def test_filter_balance_reports_out_of_domain_and_selected_accuracy(tmp_path: Pa
     assert result.per_class.to_dict("records") == stats["per_class"]
     np.testing.assert_array_equal(result.out_of_domain, label < 0)
     if all_unknown:
-        assert all(np.isnan(result.stats[k]) for k in list(result.stats)[4:])
+        assert all(np.isnan(result.stats[k]) for k in list(result.stats)[5:])
     else:
         ood = label[rows] < 0
         assert result.stats["out_of_domain_in"] == (label < 0).sum()

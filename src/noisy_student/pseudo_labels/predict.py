@@ -1,21 +1,37 @@
-"""The teacher labels the unlabeled pool: load it (with its training noise for the Table 6 ablation), predict, shard.
+"""The teacher labels the unlabeled pool, shard by shard: load it (with its training noise for the Table 6 ablation),
+label each input shard into its output file, skip the shards already written, merge the metrics.
 
 The paper's teacher is not noised when it labels (eval mode, clean images).
 ``pseudo_labels.noised_teacher`` is the ablation that labels with the noise
 the teacher was trained with, read from its checkpoint: RandAugment + crop +
 flip on the images, dropout and stochastic depth in the model.
+
+The paper labels its 130M-image pool in independent shard jobs; so does this. Input shard ``j``
+(:class:`~noisy_student.pseudo_labels.shards.InputShard`, rows ``[j * shard_size, (j + 1) * shard_size)``)
+becomes output file ``part-<j:05d>.parquet``. A :class:`ShardJob` says which shards one process labels:
+``--shard i/N`` those with ``j % N == i``; under ``torchrun`` (``WORLD_SIZE`` > 1, :func:`process_group`)
+rank ``r`` of ``W`` takes every ``W``-th of them from the ``r``-th. A shard whose file already holds what this
+run would write (:func:`~noisy_student.pseudo_labels.shards.shard_is_current`) is skipped, so jobs run in any
+order, concurrently into one folder, and rerun after a kill. The run that merges (no ``--shard``; rank 0 under
+``torchrun``, once every rank is done) clears the folder of anything else and computes the metrics from the
+files, so they cover the shards other jobs wrote too.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from pydantic import ValidationError
 from tqdm.auto import tqdm
 
@@ -24,7 +40,18 @@ from noisy_student.data.imageset import ImageSet, load_imageset
 from noisy_student.evaluation import images_tensor, predict_logits
 from noisy_student.models import ImageClassifier, load_classifier
 from noisy_student.noise import BatchAugment
-from noisy_student.pseudo_labels.shards import predict_metrics, write_prediction_shards
+from noisy_student.pseudo_labels.shards import (
+    KEY_FORMAT,
+    InputShard,
+    file_md5,
+    input_shards,
+    prediction_table,
+    remove_other_files,
+    shard_is_current,
+    shard_metrics,
+    shard_path,
+    write_shard,
+)
 from noisy_student.pseudo_labels.targets import softmax
 
 
@@ -33,12 +60,87 @@ class PredictInputs:
     """Everything ``predict`` reads, loaded and checked before any work (or MLflow run) starts.
 
     ``noise`` is the teacher's training noise when it labels noised
-    (``pseudo_labels.noised_teacher``), else None.
+    (``pseudo_labels.noised_teacher``), else None; ``teacher_md5`` the checkpoint file's md5
+    (part of every shard's content key).
     """
 
     teacher: ImageClassifier
     noise: NoiseParams | None
     pool: ImageSet
+    teacher_md5: str
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """Which input shards one process labels, and whether it merges the metrics.
+
+    ``part``: ``(i, N)`` from ``--shard i/N`` (the shards with ``j % N == i``), None for all;
+    ``rank`` / ``world``: this process among ``torchrun``'s, which split ``part``'s shards round robin.
+    """
+
+    part: tuple[int, int] | None = None
+    rank: int = 0
+    world: int = 1
+
+    def shards(self, count: int) -> list[int]:
+        """Indices of the input shards (of ``count``) this process labels."""
+        i, n = self.part or (0, 1)
+        return list(range(i, count, n))[self.rank :: self.world]
+
+    @property
+    def merges(self) -> bool:
+        """Whether this process writes the metrics: a run without ``--shard``, rank 0 under ``torchrun``."""
+        return self.part is None and self.rank == 0
+
+
+@dataclass
+class PredictResult:
+    """What a run did: shards labelled (``written``) and found already written (``skipped``), images labelled.
+
+    Counted over every rank under ``torchrun``. ``metrics``: the metrics JSON, only from the run that merges.
+    """
+
+    written: int
+    skipped: int
+    images: int
+    metrics: dict[str, Any] | None = None
+
+
+_SHARD = re.compile(r"([0-9]+)/([0-9]+)")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``--shard i/N`` -> ``(i, N)``: job ``i`` of ``N`` independent jobs, ``0 <= i < N``; ``ValueError`` otherwise."""
+    match = _SHARD.fullmatch(text.strip())
+    if match and int(match[1]) < int(match[2]):
+        return int(match[1]), int(match[2])
+    raise ValueError(
+        f"--shard: got '{text}'; expected i/N, job i of N independent jobs: two integers with 0 <= i < N "
+        "(e.g. --shard 0/4 ... --shard 3/4)"
+    )
+
+
+@contextmanager
+def process_group(device: torch.device, part: tuple[int, int] | None = None) -> Iterator[tuple[ShardJob, torch.device]]:
+    """This process's :class:`ShardJob` and device; under ``torchrun`` inside its torch.distributed process group.
+
+    With ``WORLD_SIZE`` > 1 (``torchrun --nproc_per_node N``) the process joins the group (NCCL on
+    CUDA, where each rank labels on ``cuda:LOCAL_RANK``; gloo elsewhere) and leaves it on exit;
+    otherwise nothing is initialised and the process is rank 0 of 1.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        yield ShardJob(part), device
+        return
+    rank = int(os.environ["RANK"])
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
+    try:
+        yield ShardJob(part, rank, world), device
+    finally:
+        dist.destroy_process_group()
 
 
 def teacher_noise(checkpoint: Path, meta: dict[str, Any]) -> NoiseParams:
@@ -70,6 +172,7 @@ def load_predict_inputs(checkpoint: Path, unlabeled: Path, params: PseudoLabelPa
     above the number of classes.
     """
     teacher, spec, meta = load_classifier(checkpoint)
+    teacher_md5 = file_md5(checkpoint)
     noise = None
     if params.noised_teacher:
         noise = teacher_noise(checkpoint, meta)
@@ -79,49 +182,137 @@ def load_predict_inputs(checkpoint: Path, unlabeled: Path, params: PseudoLabelPa
     k, classes = params.top_k, spec.num_classes
     if k is not None and k > classes:  # checked before the (long) prediction
         raise ValueError(f"pseudo_labels.top_k: got {k}; the teacher has {classes} classes (1..{classes})")
-    return PredictInputs(teacher, noise, pool)
+    return PredictInputs(teacher, noise, pool, teacher_md5)
 
 
 def predict_pseudo_labels(
-    inputs: PredictInputs, out: Path, params: PseudoLabelParams, device: torch.device, seed: int
-) -> dict[str, Any]:
-    """Label every pool image with the teacher's softmax at ``params.temperature``; write shards to ``out``.
+    inputs: PredictInputs,
+    out: Path,
+    params: PseudoLabelParams,
+    device: torch.device,
+    seed: int,
+    job: ShardJob = ShardJob(),
+    amp_dtype: torch.dtype | None = None,
+) -> PredictResult:
+    """Label ``job``'s input shards with the teacher's softmax at ``params.temperature`` into ``out``.
 
-    ``seed`` seeds torch's global generator, which the noised teacher's
-    augmentation and dropout draw from; the un-noised teacher draws nothing.
-    Returns the metrics of :func:`~noisy_student.pseudo_labels.shards.predict_metrics`.
+    Each shard whose output file is not already current (:func:`shard_key`) is labelled and written
+    atomically; ``amp_dtype`` autocasts the teacher (``devices.inference_dtype``: CUDA only). Under
+    ``torchrun`` every rank then waits for the others (an all-reduce of the counts). The run that
+    merges (``job.merges``) checks every shard, removes everything else from ``out`` and returns the
+    metrics of :func:`~noisy_student.pseudo_labels.shards.shard_metrics` with ``shards``,
+    ``shards_written`` and ``shards_skipped``. Without ``--shard`` or ``torchrun`` the files are the
+    same, byte for byte, as one pass over the pool writes (:func:`_shard_probs`).
+
+    ``seed`` seeds the noised teacher's augmentation and dropout, per shard (:func:`shard_seed`);
+    the un-noised teacher draws nothing.
     """
     start = time.perf_counter()
-    torch.manual_seed(seed)
     model = inputs.teacher.to(device)
-    pool = inputs.pool
-    pred, conf = write_prediction_shards(
-        pool, _probs_chunks(model, pool, inputs.noise, params, device), out, params.shard_size, params.top_k
-    )
-    return predict_metrics(pool.labels, pred, conf, round(time.perf_counter() - start, 2))
+    shards = input_shards(len(inputs.pool), params.shard_size)
+    mine = job.shards(len(shards))
+    out.mkdir(parents=True, exist_ok=True)
+    counts = [0, 0, 0]  # written, skipped, images labelled
+    desc = "predict" if job.world == 1 else f"predict rank {job.rank}/{job.world}"
+
+    def key(j: int) -> dict[str, Any]:
+        return shard_key(inputs, shards[j], params, seed, amp_dtype)
+
+    for j in tqdm(mine, desc=desc, unit="shard", mininterval=5.0):
+        shard, path, content = shards[j], shard_path(out, j), key(j)
+        if shard_is_current(path, content, len(shard)):
+            counts[1] += 1
+            continue
+        probs = _shard_probs(model, inputs, shard, params, device, seed, amp_dtype)
+        rows = shard.rows(inputs.pool)
+        # label: ground truth for reporting only; top_k=None keeps the full distribution
+        write_shard(path, prediction_table(rows.ids, rows.source, rows.labels, probs, params.top_k), content)
+        counts[0] += 1
+        counts[2] += len(shard)
+    if job.world > 1:  # every rank waits here until all have written their shards
+        total = torch.tensor(counts, dtype=torch.int64, device=device if device.type == "cuda" else "cpu")
+        dist.all_reduce(total)
+        counts = total.tolist()
+    result = PredictResult(*counts)
+    if not job.merges:
+        return result
+    others = sorted(set(range(len(shards))) - set(mine))  # written by the other ranks
+    missing = [j for j in others if not shard_is_current(shard_path(out, j), key(j), len(shards[j]))]
+    if missing:
+        raise RuntimeError(f"{out}: shards {missing} are missing or stale after every rank finished")
+    remove_other_files(out, len(shards))
+    files = [shard_path(out, j) for j in range(len(shards))]
+    result.metrics = shard_metrics(files, round(time.perf_counter() - start, 2), result.images)
+    result.metrics.update(shards=len(shards), shards_written=result.written, shards_skipped=result.skipped)
+    return result
 
 
-def _probs_chunks(
-    model: ImageClassifier, pool: ImageSet, noise: NoiseParams | None, params: PseudoLabelParams, device: torch.device
-) -> Iterator[np.ndarray]:
-    """``(n, K)`` float32 softmax of consecutive pool chunks of whole batches.
+def shard_key(
+    inputs: PredictInputs, shard: InputShard, params: PseudoLabelParams, seed: int, amp_dtype: torch.dtype | None
+) -> dict[str, Any]:
+    """The content key of ``shard``'s output file: everything its bytes depend on.
 
-    Streamed so only one chunk's logits and probabilities are in memory. The
-    chunks are whole batches at the same offsets as one call over the pool
-    (same batches, same RNG draws when noised), so the output does not depend
-    on the chunk size.
+    The input rows (range and md5), the teacher checkpoint's md5, the pseudo-label params that
+    change the numbers (temperature, top_k, noised_teacher, batch_size: the batches), the autocast
+    dtype and, for the noised teacher only, the seed. A file whose stored key differs is rewritten.
     """
-    augment = BatchAugment(noise) if noise is not None else None
-    images = images_tensor(pool.images)
-    chunk = params.batch_size * max(1, params.shard_size // params.batch_size)
-    for start in tqdm(range(0, len(pool), chunk), desc="predict", unit="chunk", mininterval=5.0):
-        logits = predict_logits(
-            model,
-            images[start : start + chunk],
-            params.batch_size,
-            device,
-            progress=False,
-            augment=augment,
-            model_noise=noise is not None,
-        )
-        yield softmax(logits, params.temperature)
+    noised = inputs.noise is not None
+    return {
+        "format": KEY_FORMAT,
+        "shard": shard.index,
+        "start": shard.start,
+        "stop": shard.stop,
+        "inputs_md5": shard.digest(inputs.pool),
+        "teacher_md5": inputs.teacher_md5,
+        "temperature": params.temperature,
+        "top_k": params.top_k,
+        "noised_teacher": noised,
+        "batch_size": params.batch_size,
+        "seed": seed if noised else None,
+        "autocast": "float32" if amp_dtype is None else str(amp_dtype).removeprefix("torch."),
+    }
+
+
+def shard_seed(seed: int, index: int) -> int:
+    """The seed of input shard ``index``'s random draws: a function of ``(seed, index)`` only.
+
+    So a noised shard's augmentation and dropout do not depend on which job labelled it, nor on
+    which shards it labelled before. (Before shards were independent jobs, one stream ran over the
+    whole pool: the noised teacher's labels differ from that version's; the un-noised ones do not.)
+    """
+    return int.from_bytes(hashlib.sha256(f"predict shard {seed} {index}".encode()).digest()[:8], "little")
+
+
+def _shard_probs(
+    model: ImageClassifier,
+    inputs: PredictInputs,
+    shard: InputShard,
+    params: PseudoLabelParams,
+    device: torch.device,
+    seed: int,
+    amp_dtype: torch.dtype | None,
+) -> np.ndarray:
+    """``(len(shard), K)`` float32 softmax of one input shard.
+
+    Batches sit at multiples of ``batch_size`` from the start of the pool, as in one pass over the
+    whole pool: a shard whose ends fall inside a batch also runs that batch's rows of its neighbour
+    and drops them (at most one batch per end; none when ``shard_size`` is a multiple of
+    ``batch_size``). Every row is so computed in the same batch however the pool is sharded, and the
+    un-noised output equals one pass's bit for bit. (When input shards become files, batches will
+    start at each shard's start instead.)
+    """
+    pool, size = inputs.pool, params.batch_size
+    lo, hi = shard.start - shard.start % size, min(len(pool), -(-shard.stop // size) * size)
+    torch.manual_seed(shard_seed(seed, shard.index))
+    noise = inputs.noise
+    logits = predict_logits(
+        model,
+        images_tensor(pool.images[lo:hi]),
+        size,
+        device,
+        progress=False,
+        augment=BatchAugment(noise) if noise is not None else None,
+        model_noise=noise is not None,
+        amp_dtype=amp_dtype,
+    )
+    return softmax(logits[shard.start - lo : shard.stop - lo], params.temperature)
