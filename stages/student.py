@@ -13,15 +13,8 @@ from noisy_student.evaluation import images_tensor
 from noisy_student.models import count_parameters, load_classifier
 from noisy_student.pseudo_labels import student_targets
 from noisy_student.training import PlanError, RunPlan, TrainingInputs, save_training_outputs, train_model
-from stages._common import (
-    METRICS_OPTION,
-    PARAMS_OPTION,
-    fail,
-    friendly_errors,
-    params_or_exit,
-    torch_threads,
-)
-from stages._train import exclusive_run
+from stages._common import METRICS_OPTION, PARAMS_OPTION, fail, friendly_errors, params_or_exit
+from stages._train import exclusive_run, other_rank_trains, start_processes
 
 
 def main(
@@ -35,7 +28,7 @@ def main(
 ) -> None:
     """Train the student jointly on labeled and pseudo-labeled images with full noise."""
     params = params_or_exit(params_file, iteration)
-    torch_threads()
+    start_processes(params)  # distributed.processes > 1: runs this command under torchrun instead
     with friendly_errors():
         labeled, test = load_imageset(data / paths.LABELED.name), load_imageset(data / paths.TEST.name)
         pool = load_imageset(data / paths.UNLABELED.name)
@@ -54,24 +47,28 @@ def main(
     teacher_params = count_parameters(teacher_model)
     plan = RunPlan.student(params, iteration, teacher_params)
     sections = ("student", "noise", "pseudo_labels", "filter")
-    with exclusive_run(plan, inputs) as key, tracking.stage_run("student", params, sections, iteration, key):
-        pool_files = (data / paths.LABELED.name, selected, data / paths.UNLABELED.name)
-        tracking.log_datasets(training=pool_files, evaluation=(data / paths.TEST.name,))
-        try:
-            checkpoints, warm = paths.checkpoints_dir(), teacher_model.state_dict()
-            result = train_model(plan, inputs, checkpoints, tracking.log_history, warm, key)
-        except PlanError as exc:
-            fail(f"{params_file}: {exc} (teacher: {teacher})")
-            raise
-        csv, png = (paths.curves_file(iteration, s, metrics.parent) for s in ("csv", "png"))
-        save_training_outputs(result, plan.name, out, csv, png)
-        tracking.tag_checkpoints(out, teacher, params.iterations[iteration].teacher)  # its teacher, by content
-        tracking.log_artifacts("plots", png)
-        tracking.log_artifacts("curves", csv)
-        extra = {k: stats[k] for k in ("pseudo_labeled_rows", "pseudo_labeled_unique")}
-        tracking.write_metrics(metrics, {**result.metrics, **extra, "teacher_parameters": int(teacher_params)})
-        input_shape = tuple(images_tensor(labeled.images[:1]).shape[1:])
-        tracking.log_model(result.model, out, input_shape, params.tracking.registered_model)  # type: ignore[arg-type]
+    warm = teacher_model.state_dict()
+    with exclusive_run(plan, inputs) as key:
+        if other_rank_trains(plan, inputs, key, warm):
+            return
+        with tracking.stage_run("student", params, sections, iteration, key):
+            pool_files = (data / paths.LABELED.name, selected, data / paths.UNLABELED.name)
+            tracking.log_datasets(training=pool_files, evaluation=(data / paths.TEST.name,))
+            try:
+                result = train_model(plan, inputs, paths.checkpoints_dir(), tracking.log_history, warm, key)
+            except PlanError as exc:
+                fail(f"{params_file}: {exc} (teacher: {teacher})")
+                raise
+            csv, png = (paths.curves_file(iteration, s, metrics.parent) for s in ("csv", "png"))
+            save_training_outputs(result, plan.name, out, csv, png)
+            tracking.tag_checkpoints(out, teacher, params.iterations[iteration].teacher)  # its teacher, by content
+            tracking.log_artifacts("plots", png)
+            tracking.log_artifacts("curves", csv)
+            extra = {k: stats[k] for k in ("pseudo_labeled_rows", "pseudo_labeled_unique")}
+            tracking.write_metrics(metrics, {**result.metrics, **extra, "teacher_parameters": int(teacher_params)})
+            input_shape = tuple(images_tensor(labeled.images[:1]).shape[1:])
+            registered = params.tracking.registered_model
+            tracking.log_model(result.model, out, input_shape, registered)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":

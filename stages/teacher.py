@@ -9,8 +9,8 @@ import typer
 from noisy_student import paths, tracking
 from noisy_student.data import class_count, load_imageset
 from noisy_student.training import RunPlan, TrainingInputs, save_training_outputs, train_model
-from stages._common import PARAMS_OPTION, friendly_errors, params_or_exit, torch_threads
-from stages._train import exclusive_run
+from stages._common import PARAMS_OPTION, friendly_errors, params_or_exit
+from stages._train import exclusive_run, other_rank_trains, start_processes
 
 
 def main(
@@ -21,21 +21,24 @@ def main(
 ) -> None:
     """Train the teacher with cross entropy, RandAugment, dropout and stochastic depth."""
     params = params_or_exit(params_file)
-    torch_threads()
+    start_processes(params)  # distributed.processes > 1: runs this command under torchrun instead
     with friendly_errors():
         labeled_file, test_file = data / paths.LABELED.name, data / paths.TEST.name
         labeled, test = load_imageset(labeled_file), load_imageset(test_file)
     inputs = TrainingInputs(labeled, test, class_count(data, labeled.labels))
     plan = RunPlan.teacher(params)
-    with exclusive_run(plan, inputs) as key, tracking.stage_run("teacher", params, ("teacher",), resume_key=key):
-        tracking.log_datasets(training=(labeled_file,), evaluation=(test_file,))
-        result = train_model(plan, inputs, paths.checkpoints_dir(), on_epoch=tracking.log_history, key=key)
-        csv, png = (paths.curves_file(paths.TEACHER, s, metrics.parent) for s in ("csv", "png"))
-        save_training_outputs(result, plan.name, out, csv, png)
-        tracking.tag_checkpoints(out)
-        tracking.log_artifacts("plots", png)
-        tracking.log_artifacts("curves", csv)
-        tracking.write_metrics(metrics, result.metrics)
+    with exclusive_run(plan, inputs) as key:
+        if other_rank_trains(plan, inputs, key):
+            return
+        with tracking.stage_run("teacher", params, ("teacher",), resume_key=key):
+            tracking.log_datasets(training=(labeled_file,), evaluation=(test_file,))
+            result = train_model(plan, inputs, paths.checkpoints_dir(), on_epoch=tracking.log_history, key=key)
+            csv, png = (paths.curves_file(paths.TEACHER, s, metrics.parent) for s in ("csv", "png"))
+            save_training_outputs(result, plan.name, out, csv, png)
+            tracking.tag_checkpoints(out)
+            tracking.log_artifacts("plots", png)
+            tracking.log_artifacts("curves", csv)
+            tracking.write_metrics(metrics, result.metrics)
 
 
 if __name__ == "__main__":

@@ -307,6 +307,18 @@ class TrackingParams(_Section):
     registered_model: str | None = "noisy-student"
 
 
+class DistributedParams(_Section):
+    """Training processes of the teacher / student stages on this machine (torchrun + DDP).
+
+    ``processes: 1`` is one process (no torchrun); ``N`` re-runs the stage under torchrun with N
+    ranks (gloo on CPU, one GPU each with nccl) that split every global batch evenly.
+    """
+
+    processes: int = Field(1, ge=1)
+    # batch-norm statistics over the global batch instead of each rank's slice; CUDA only
+    sync_batchnorm: bool = False
+
+
 class Params(_Section):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda", "xla"] = "auto"
@@ -322,6 +334,7 @@ class Params(_Section):
     eval: EvalParams = EvalParams()
     robustness: RobustnessParams = RobustnessParams()
     tracking: TrackingParams = TrackingParams()
+    distributed: DistributedParams = DistributedParams()
     # Iterations: name -> {teacher: the model that labels for it ("teacher" or an
     # earlier iteration), overrides...}. Order of the mapping is the order of training.
     iterations: dict[str, IterationParams] = Field(default_factory=lambda: {"it1": IterationParams(teacher="teacher")})
@@ -355,6 +368,26 @@ class Params(_Section):
                         type=PydanticCustomError("evaluate_model", why, context), loc=("evaluate", index), input=name
                     )
                 )
+        if details:
+            raise ValidationError.from_exception_data(type(self).__name__, details)
+        return self
+
+    @model_validator(mode="after")
+    def _distributed_fits(self) -> Params:
+        # every rank takes an equal slice of each global batch; SyncBatchNorm has no CPU / XLA kernel
+        n, details = self.distributed.processes, list[InitErrorDetails]()
+        for section in ("teacher", "student"):
+            batch = getattr(self, section).optim.batch_size
+            if batch % n:
+                why = PydanticCustomError("batch_split", "a multiple of distributed.processes ({n})", {"n": n})
+                details.append(InitErrorDetails(type=why, loc=(section, "optim", "batch_size"), input=batch))
+        if self.distributed.sync_batchnorm and self.device in ("cpu", "xla"):
+            why = PydanticCustomError(
+                "sync_batchnorm",
+                "false on device {device}: SyncBatchNorm runs on CUDA only",
+                {"device": repr(self.device)},
+            )
+            details.append(InitErrorDetails(type=why, loc=("distributed", "sync_batchnorm"), input=True))
         if details:
             raise ValidationError.from_exception_data(type(self).__name__, details)
         return self

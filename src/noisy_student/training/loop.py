@@ -10,6 +10,13 @@ timm owns what timm has: the task, the optimizer and scheduler factories and
 weight EMA. Every ``optim.checkpoint_steps`` optimizer updates the full
 training state is saved atomically; a rerun with the same key resumes from it
 exactly (same weights as an uninterrupted run).
+
+Run under a process group (several ranks, :mod:`noisy_student.distributed`), the loop is data
+parallel: every rank draws the same global batch indices (one shared index generator), takes its
+contiguous slice of them, and trains a DDP-wrapped model whose gradients are averaged over the
+ranks, so ``batch_size`` stays the global batch. Augmentation and dropout draw from each rank's own
+generator (``seed + rank``). Rank 0 evaluates, reports epochs and writes the resume state, which
+holds every rank's random generators.
 """
 
 from __future__ import annotations
@@ -28,8 +35,10 @@ from timm.scheduler import create_scheduler_v2
 from timm.scheduler.scheduler import Scheduler
 from tqdm.auto import tqdm
 
+from noisy_student import distributed
 from noisy_student.config import NoiseParams, OptimParams, StudentNoiseParams
 from noisy_student.devices import autocast
+from noisy_student.distributed import World
 from noisy_student.io import save_torch
 from noisy_student.models import ImageClassifier
 from noisy_student.noise import BatchAugment
@@ -142,9 +151,27 @@ def _optimization(
     return optimizer, scheduler
 
 
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """This process's global generators (augmentation, dropout): the CPU one, and CUDA's on CUDA."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
 @dataclass
 class _Resume:
-    """The resumable training state of one run, in the file ``path``, valid only for ``key``."""
+    """The resumable training state of one run, in the file ``path``, valid only for ``key``.
+
+    One file for all ranks: rank 0 writes it (model, optimizer, streams: the same on every rank) with
+    every rank's generators gathered into it; every rank reads it back and takes its own.
+    """
 
     path: Path | None
     key: str
@@ -152,6 +179,8 @@ class _Resume:
     optimizer: torch.optim.Optimizer
     streams: dict[str, _Stream]
     gen: torch.Generator
+    device: torch.device
+    world: World
 
     def load(self) -> _Progress | None:
         """The saved progress (model, optimizer, streams and RNGs restored in place), or None."""
@@ -165,6 +194,12 @@ class _Resume:
             return None
         if not isinstance(state, dict) or state.get("key") != self.key:
             return None
+        if int(state.get("world_size", 1)) != self.world.size:
+            tqdm.write(
+                f"ignoring training state {self.path}: saved by {state.get('world_size', 1)} processes, "
+                f"this run has {self.world.size}; starting over"
+            )
+            return None
         self.task.load_checkpoint_state(state["state_dict"])
         if self.task.has_ema() and "state_dict_ema" in state:
             self.task.load_checkpoint_state(state["state_dict_ema"], ema=True)
@@ -172,13 +207,20 @@ class _Resume:
         for name, stream in self.streams.items():
             stream.load(state[f"{name}_stream"])
         self.gen.set_state(state["gen"])
-        torch.set_rng_state(state["torch_rng"])
+        if self.world.size > 1:
+            _set_rng_state(state["rank_rng"][self.world.rank], self.device)
+        else:
+            _set_rng_state({"cpu": state["torch_rng"], "cuda": state.get("cuda_rng")}, self.device)
         return _Progress(
             state["history"], int(state["epoch"]), int(state["step"]), float(state["loss_sum"]), int(state["seen"])
         )
 
     def save(self, progress: _Progress) -> None:
+        """Write the state (atomically); with several ranks every rank must call it (their generators are gathered)."""
         if self.path is None:
+            return
+        rank_rng = distributed.gather(_rng_state(self.device)) if self.world.size > 1 else None
+        if not self.world.main:
             return
         state: dict[str, Any] = {
             "key": self.key,
@@ -195,10 +237,14 @@ class _Resume:
         }
         if self.task.has_ema():
             state.update(self.task.get_checkpoint_state(ema=True))
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        if rank_rng is not None:
+            state.update(world_size=self.world.size, rank_rng=rank_rng)
         save_torch(state, self.path)
 
     def finish(self) -> None:
-        if self.path is not None and self.path.exists():
+        if self.world.main and self.path is not None and self.path.exists():
             self.path.unlink()
 
 
@@ -206,7 +252,8 @@ class _Batches:
     """Draws each step's labeled and pseudo-labeled batches: indices from the streams, input noise, to the device.
 
     The labeled stream is drawn even when unused (Table 13's pretraining), so epochs and RNG draws stay
-    aligned across schedules.
+    aligned across schedules. ``batch_size`` / ``unlabeled_batch`` are global: with several ranks each
+    draws the same indices and keeps its own contiguous slice (``1 / world.size`` of them).
     """
 
     def __init__(
@@ -219,8 +266,10 @@ class _Batches:
         labeled_in_batch: bool,
         device: torch.device,
         channels_last: bool,
+        world: World,
     ) -> None:
         self.data, self.streams, self.device, self.channels_last = data, streams, device, channels_last
+        self.world = world
         self.batch_size, self.unlabeled_batch, self.labeled_in_batch = batch_size, unlabeled_batch, labeled_in_batch
         self.augment = BatchAugment(noise)
         self.augment_unlabeled = self.augment if noise.unlabeled_augment else BatchAugment(noise, augment=False)
@@ -230,16 +279,23 @@ class _Batches:
         x = images.to(self.device, non_blocking=True).float().div_(255)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
+    def _mine(self, indices: torch.Tensor) -> torch.Tensor:
+        """This rank's contiguous slice of the global batch's indices (all of them for one process)."""
+        if self.world.size == 1:
+            return indices
+        k = len(indices) // self.world.size
+        return indices[self.world.rank * k : (self.world.rank + 1) * k]
+
     def next(self) -> tuple[Batch | None, Batch | None, int]:
-        """(labeled batch or None, pseudo-labeled batch or None, images in the step)."""
+        """(this rank's labeled batch or None, its pseudo-labeled batch or None, images in the global step)."""
         d = self.data
-        li = self.streams["labeled"].take(self.batch_size)
+        li = self._mine(self.streams["labeled"].take(self.batch_size))
         labeled = (self.augment(d.labeled_images[li]), d.labeled_targets[li]) if self.labeled_in_batch else None
         unlabeled = None
         if d.has_unlabeled:
-            ui = self.streams["unlabeled"].take(self.unlabeled_batch)
+            ui = self._mine(self.streams["unlabeled"].take(self.unlabeled_batch))
             unlabeled = (self.augment_unlabeled(d.unlabeled_images[ui]), d.unlabeled_targets[ui])
-        images = sum(len(b[1]) for b in (labeled, unlabeled) if b is not None)
+        images = sum(len(b[1]) for b in (labeled, unlabeled) if b is not None) * self.world.size
         return self._on_device(labeled), self._on_device(unlabeled), images
 
     def _on_device(self, batch: tuple[torch.Tensor, torch.Tensor] | None) -> Batch | None:
@@ -265,6 +321,7 @@ def train_classifier(
     eval_fn: EvalFn | None = None,
     on_epoch: EpochCallback | None = None,
     desc: str = "train",
+    sync_batchnorm: bool = False,
 ) -> tuple[ImageClassifier, list[dict[str, float]]]:
     """Train ``model`` in place and return the model to keep (EMA weights when enabled) and the history.
 
@@ -281,37 +338,45 @@ def train_classifier(
     ``optim.checkpoint_steps`` updates the full state (weights, optimizer, EMA,
     data streams, RNGs, partial epoch loss) is saved atomically; a call with
     the same ``checkpoint_key`` resumes from it exactly.
+
+    Called on every rank of an initialized process group, it trains data parallel (module
+    docstring): ``device`` is this rank's, ``optim.batch_size`` must divide by the number of ranks,
+    and ``eval_fn`` / ``on_epoch`` run on rank 0 only while the others wait. ``sync_batchnorm``
+    (CUDA only) synchronizes batch-norm statistics over the ranks.
     """
     if not labeled_in_batch and not data.has_unlabeled:
         raise ValueError("labeled_in_batch=False needs pseudo-labeled images")
+    world = distributed.world()
+    if optim.batch_size % world.size:
+        raise ValueError(f"batch_size {optim.batch_size} does not divide by the {world.size} training processes")
+    distributed.check_sync_batchnorm(sync_batchnorm, device)
     pseudo = noise if isinstance(noise, StudentNoiseParams) else StudentNoiseParams(**noise.model_dump())
-    seed_everything(seed)
+    seed_everything(seed + world.rank)  # augmentation and dropout: each rank its own; batch indices: `gen`, shared
     gen = torch.Generator().manual_seed(seed)
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     if device.type == "cuda":
         data = _resident(data, device)
-    task = NoisyStudentTask(
-        model,
-        unlabeled_model_noise=pseudo.unlabeled_model_noise,
-        forward_module=torch.compile(model) if optim.compile else None,
-        device=device,
-    )
+    task = NoisyStudentTask(model, unlabeled_model_noise=pseudo.unlabeled_model_noise, device=device)
     if optim.ema_decay > 0:
-        task.setup_ema(decay=optim.ema_decay, use_warmup=True)
+        task.setup_ema(decay=optim.ema_decay, use_warmup=True)  # of the plain module, before any wrapping
     steps_per_epoch = batches_per_epoch(len(data.labeled_images), optim.batch_size)
     optimizer, scheduler = _optimization(model, optim, steps_per_epoch)
     streams = {"labeled": _Stream(len(data.labeled_images), gen)}
     if data.has_unlabeled:
         streams["unlabeled"] = _Stream(len(data.unlabeled_images), gen)
     u_batch = optim.batch_size * unlabeled_ratio if data.has_unlabeled else 0
-    batches = _Batches(data, streams, pseudo, optim.batch_size, u_batch, labeled_in_batch, device, channels_last)
-    resume = _Resume(checkpoint_path, checkpoint_key, task, optimizer, streams, gen)
+    batches = _Batches(data, streams, pseudo, optim.batch_size, u_batch, labeled_in_batch, device, channels_last, world)
+    resume = _Resume(checkpoint_path, checkpoint_key, task, optimizer, streams, gen, device, world)
     progress = resume.load()
+    at = -1 if progress is None else progress.epoch * steps_per_epoch + progress.step
+    if not distributed.same_on_every_rank(at):
+        raise RuntimeError(f"[{desc}] the training processes read different states from {checkpoint_path}")
     if progress is not None:
+        who = f"{desc} rank {world.rank}/{world.size}" if world.size > 1 else desc
         tqdm.write(
-            f"[{desc}] resuming from {checkpoint_path} at epoch {progress.epoch + 1}/{optim.epochs}, "
+            f"[{who}] resuming from {checkpoint_path} at epoch {progress.epoch + 1}/{optim.epochs}, "
             f"step {progress.step}/{steps_per_epoch}",
             file=sys.stderr,
         )
@@ -325,43 +390,49 @@ def train_classifier(
         unit="step",
         dynamic_ncols=True,
         mininterval=0.2 if sys.stderr.isatty() else 5.0,  # logs (DVC, CI) get a line every few seconds
+        disable=not world.main,
     )
     mark_step = _xla_mark_step() if device.type == "xla" else None
-    model.train()
-    while progress.epoch < optim.epochs:
-        epoch = progress.epoch
-        if progress.step == 0:
-            progress.loss_sum, progress.seen = 0.0, 0
-        for step in range(progress.step, steps_per_epoch):
-            labeled, unlabeled, images = batches.next()
-            with autocast(device, amp_dtype):
-                loss = task(labeled, unlabeled)["loss"]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if mark_step is not None:
-                mark_step()  # XLA: cut the lazy graph once per update, or it grows over the whole epoch
-            num_updates = epoch * steps_per_epoch + step + 1
-            scheduler.step_update(num_updates)
-            task.update_ema(step=num_updates)
-            progress.loss_sum += float(loss.detach()) * images
-            progress.seen += images
-            bar.update(1)
-            lr = optimizer.param_groups[0]["lr"]
-            bar.set_postfix(
-                epoch=epoch + 1, loss=f"{progress.loss_sum / progress.seen:.4f}", lr=f"{lr:.4g}", refresh=False
-            )
-            progress.epoch, progress.step = (epoch + 1, 0) if step + 1 == steps_per_epoch else (epoch, step + 1)
-            if step + 1 == steps_per_epoch:
-                record = {"epoch": epoch + 1, "train_loss": progress.loss_sum / max(progress.seen, 1), "lr": lr}
-                if eval_fn is not None and ((epoch + 1) % optim.eval_every == 0 or epoch + 1 == optim.epochs):
-                    record.update(eval_fn(_eval_model(task, model)))
-                    model.train()
-                progress.history.append(record)
-                if on_epoch is not None:
-                    on_epoch(record)
-            if num_updates % optim.checkpoint_steps == 0 and num_updates < total_steps:
-                resume.save(progress)
+    with distributed.data_parallel(task, model, sync_batchnorm=sync_batchnorm):
+        if optim.compile:
+            task.forward_module = torch.compile(task.trainable_module)
+        model.train()
+        while progress.epoch < optim.epochs:
+            epoch = progress.epoch
+            if progress.step == 0:
+                progress.loss_sum, progress.seen = 0.0, 0
+            for step in range(progress.step, steps_per_epoch):
+                labeled, unlabeled, images = batches.next()
+                with autocast(device, amp_dtype):
+                    loss = task(labeled, unlabeled)["loss"]
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if mark_step is not None:
+                    mark_step()  # XLA: cut the lazy graph once per update, or it grows over the whole epoch
+                num_updates = epoch * steps_per_epoch + step + 1
+                scheduler.step_update(num_updates)
+                task.update_ema(step=num_updates)
+                progress.loss_sum += distributed.mean(loss) * images  # the global batch's loss
+                progress.seen += images
+                bar.update(1)
+                lr = optimizer.param_groups[0]["lr"]
+                bar.set_postfix(
+                    epoch=epoch + 1, loss=f"{progress.loss_sum / progress.seen:.4f}", lr=f"{lr:.4g}", refresh=False
+                )
+                progress.epoch, progress.step = (epoch + 1, 0) if step + 1 == steps_per_epoch else (epoch, step + 1)
+                if step + 1 == steps_per_epoch:
+                    record = {"epoch": epoch + 1, "train_loss": progress.loss_sum / max(progress.seen, 1), "lr": lr}
+                    if eval_fn is not None and ((epoch + 1) % optim.eval_every == 0 or epoch + 1 == optim.epochs):
+                        if world.main:
+                            record.update(eval_fn(_eval_model(task, model)))
+                            model.train()
+                        distributed.barrier()  # the other ranks wait for rank 0's evaluation
+                    progress.history.append(record)
+                    if on_epoch is not None and world.main:
+                        on_epoch(record)
+                if num_updates % optim.checkpoint_steps == 0 and num_updates < total_steps:
+                    resume.save(progress)  # every rank: their generators are gathered
     bar.close()
     resume.finish()
     return _eval_model(task, model), progress.history

@@ -11,6 +11,9 @@ architecture, optimizer, noise, the student's ratio and schedule, FixRes.
 
 Resume keys are derived from the plan and a hash of the training tensors, so
 a run resumes only on the same params *and* the same data.
+
+With ``distributed.processes > 1`` every rank calls :func:`train_model` (the stage runs under
+torchrun, :mod:`noisy_student.distributed`); rank 0 evaluates and gets the metrics.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from noisy_student import distributed
 from noisy_student.config import FixResParams, ModelParams, NoiseParams, OptimParams, Params
 from noisy_student.data import ImageSet
 from noisy_student.devices import inference_dtype, resolve_device, resolve_precision
@@ -69,6 +73,8 @@ class RunPlan:
     allow_smaller: bool = False
     warm_start: bool = False  # start from the teacher's weights (Table 15), given to train_model
     precision: str = "auto"  # the ``precision`` param: autocast dtype, resolved on the device by train_model
+    processes: int = 1  # distributed.processes: training ranks on this machine (1: one process, no DDP)
+    sync_batchnorm: bool = False  # distributed.sync_batchnorm (CUDA only)
 
     @classmethod
     def teacher(cls, params: Params) -> RunPlan:
@@ -82,6 +88,8 @@ class RunPlan:
             t.noise,
             params.eval.batch_size,
             precision=params.precision,
+            processes=params.distributed.processes,
+            sync_batchnorm=params.distributed.sync_batchnorm,
         )
 
     @classmethod
@@ -103,11 +111,21 @@ class RunPlan:
             allow_smaller=s.allow_smaller,
             warm_start=s.init == "teacher",
             precision=params.precision,
+            processes=params.distributed.processes,
+            sync_batchnorm=params.distributed.sync_batchnorm,
         )
 
     def key(self, data: TrainData) -> str:
-        """A short hash of the plan and the training tensors' content: what a resume file is valid for."""
-        digest = hashlib.sha256(json.dumps(_jsonable(asdict(self)), sort_keys=True).encode())
+        """A short hash of the plan and the training tensors' content: what a resume file is valid for.
+
+        The distributed fields count only when they are not the single process's defaults, so a
+        one-process run keeps the key it always had.
+        """
+        plan = asdict(self)
+        for name, single in (("processes", 1), ("sync_batchnorm", False)):
+            if plan[name] == single:
+                del plan[name]
+        digest = hashlib.sha256(json.dumps(_jsonable(plan), sort_keys=True).encode())
         for t in (data.labeled_images, data.labeled_targets, data.unlabeled_images, data.unlabeled_targets):
             if t is not None:
                 digest.update(str((tuple(t.shape), t.dtype)).encode())
@@ -281,6 +299,10 @@ def remove_stale_states(checkpoints: Path, name: str) -> list[Path]:
     return removed
 
 
+def _ignore(record: dict[str, float]) -> None:
+    pass
+
+
 def train_model(
     plan: RunPlan,
     inputs: TrainingInputs,
@@ -294,9 +316,18 @@ def train_model(
     ``on_epoch`` receives every epoch's record (e.g. to log it to MLflow);
     ``warm_start``: the teacher's state dict when ``plan.warm_start``; ``key``: the resume key
     :func:`claim_run` yielded (saves hashing the data again; computed when None). Raises
-    :class:`PlanError` before any training when the plan cannot run.
+    :class:`PlanError` before any training when the plan cannot run. With several processes every
+    rank calls it; the others get a result without metrics (rank 0 evaluates).
     """
-    device = resolve_device(plan.device)
+    world = distributed.world()
+    if world.size != plan.processes:
+        raise PlanError(
+            f"distributed.processes is {plan.processes} but this process is one of {world.size}: "
+            "run the stage command as it is (it starts torchrun itself when processes > 1)"
+        )
+    if not world.main:
+        on_epoch = _ignore  # rank 0 reports every epoch
+    device = distributed.rank_device(resolve_device(plan.device))
     amp_dtype, eval_dtype = resolve_precision(plan.precision, device), inference_dtype(plan.precision, device)
     model, spec = build_model(plan, inputs, warm_start)
     test_images = images_tensor(inputs.test.images)
@@ -324,6 +355,7 @@ def train_model(
         eval_fn=eval_fn,
         on_epoch=on_epoch,
         desc=plan.name if not plan.finetune_epochs else f"{plan.name} pretrain",
+        sync_batchnorm=plan.sync_batchnorm,
     )
     if plan.finetune_epochs:
         final, tuned = train_classifier(
@@ -338,6 +370,7 @@ def train_model(
             checkpoint_key=key,
             eval_fn=eval_fn,
             desc=f"{plan.name} finetune",
+            sync_batchnorm=plan.sync_batchnorm,
         )
         _append_phase(history, tuned, plan.optim.epochs, 1.0, on_epoch)
     if plan.fixres is not None:
@@ -359,6 +392,8 @@ def train_model(
         spec = replace(spec, input_size=plan.fixres.image_size)
     final = final.cpu().eval()
     frame = pd.DataFrame(history)
+    if not world.main:  # its records have no evaluations; rank 0 reports
+        return TrainResult(final, spec, frame, {}, plan.noise, plan.optim.epochs)
     last = history[-1]
     n_params = sum(p.numel() for p in final.parameters())
     fixres = plan.fixres

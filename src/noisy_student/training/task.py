@@ -48,6 +48,11 @@ class NoisyStudentTask(ClassificationTask):
     forward pass over the concatenated batch. ``forward_module`` (e.g. a
     ``torch.compile`` wrapper of ``model``) runs the forward passes while the
     task keeps the plain module for its state dict and EMA.
+
+    With several training processes the loop calls timm's
+    :meth:`~timm.task.ClassificationTask.prepare_distributed`: ``trainable_module``
+    becomes a DDP wrapper of ``model`` that every forward pass (both of Table 6's)
+    goes through, while timm unwraps it for state dicts and EMA updates.
     """
 
     def __init__(
