@@ -8,8 +8,14 @@ from typing import Annotated
 import typer
 
 from noisy_student.devices import inference_dtype, resolve_device
+from noisy_student.distributed import process_group, rank_device
 from noisy_student.paths import UNLABELED
-from noisy_student.pseudo_labels.predict import load_predict_inputs, parse_shard, predict_pseudo_labels, process_group
+from noisy_student.pseudo_labels.predict import (
+    ShardJob,
+    load_predict_inputs,
+    parse_shard,
+    predict_pseudo_labels,
+)
 from noisy_student.seeds import seed_for
 from noisy_student.tracking import log_datasets, stage_run, tag_checkpoints, write_metrics
 from stages._common import METRICS_OPTION, PARAMS_OPTION, friendly_errors, params_or_exit, torch_threads
@@ -41,7 +47,9 @@ def main(
     pl = params.pseudo_labels
     with friendly_errors(ValueError):  # every input is read and checked before an MLflow run is opened
         inputs = load_predict_inputs(teacher, unlabeled, pl)
-    with process_group(resolve_device(params.device), part) as (job, device):
+    device = resolve_device(params.device)
+    with process_group(device) as world:
+        job, device = ShardJob(part, world.rank, world.size), rank_device(device)
         amp_dtype = inference_dtype(params.precision, device)
         seed = seed_for(params.seed, "predict")
         if not job.merges:  # a --shard job or a torchrun rank > 0: its shards only, no MLflow run or metrics

@@ -13,7 +13,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-import typer
 import yaml
 
 from noisy_student.config import ModelParams, NoiseParams, PseudoLabelParams
@@ -28,6 +27,7 @@ from noisy_student.pseudo_labels.predict import (
 )
 from noisy_student.pseudo_labels.shards import input_shards, key_path, shard_path
 from tests.conftest import ROOT, stage_env
+from tests.test_pseudo_label_stages import predict_stage_error
 
 POOL, SHARD_SIZE, BATCH = 200, 50, 16  # 4 input shards; batches of 16 straddle every shard boundary
 CPU = torch.device("cpu")
@@ -228,19 +228,6 @@ def test_bad_shard_option_is_a_clear_error(
 ) -> None:
     with pytest.raises(ValueError, match=rf"--shard: got '{text}'; expected i/N, .*0 <= i < N"):
         parse_shard(text)
-    from stages.predict import main
-
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    with pytest.raises(typer.Exit) as exit_info:
-        main(
-            iteration="it1",
-            teacher=inputs / "teacher.pt",
-            unlabeled=inputs / "unlabeled.npz",
-            out=tmp_path / "predictions",
-            metrics=tmp_path / "predict.json",
-            params_file=inputs / "params.yaml",
-            shard=text,
-        )
-    assert exit_info.value.exit_code == 2
-    assert f"error: --shard: got '{text}'; expected i/N" in capsys.readouterr().err
+    err = predict_stage_error(inputs, tmp_path, inputs / "params.yaml", monkeypatch, capsys, shard=text)
+    assert f"error: --shard: got '{text}'; expected i/N" in err
     assert not (tmp_path / "predictions").exists() and not (tmp_path / "mlflow.db").exists()

@@ -79,6 +79,32 @@ def runs(inputs: Path) -> dict[int | None, Path]:
     return {k: _run(inputs, k) for k in (None, 3)}
 
 
+def predict_stage_error(
+    inputs: Path,
+    tmp_path: Path,
+    params_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    **options: object,
+) -> str:
+    """Run the predict stage in-process on ``inputs`` (teacher.pt, unlabeled.npz); assert exit 2; its stderr."""
+    from stages.predict import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with pytest.raises(typer.Exit) as exit_info:
+        main(
+            iteration="it1",
+            teacher=inputs / "teacher.pt",
+            unlabeled=inputs / "unlabeled.npz",
+            out=tmp_path / "predictions",
+            metrics=tmp_path / "predict.json",
+            params_file=params_file,
+            **options,
+        )
+    assert exit_info.value.exit_code == 2
+    return capsys.readouterr().err
+
+
 def test_top_k_flows_from_predict_to_the_student_targets(runs: dict[int | None, Path]) -> None:
     full, top3 = runs[None], runs[3]
     assert len(list((full / "predictions").glob("part-*.parquet"))) == 5  # 90 images / shard_size 20
@@ -152,21 +178,9 @@ def test_noised_teacher_without_saved_noise_stops_naming_the_checkpoint(
         load_predict_inputs(inputs / "teacher.pt", inputs / "unlabeled.npz", pl)
     assert load_predict_inputs(inputs / "teacher.pt", inputs / "unlabeled.npz", PseudoLabelParams()).noise is None
     # the stage: one line, exit code 2, before an MLflow run or any output
-    from stages.predict import main
-
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["pseudo_labels"]["noised_teacher"] = True
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    with pytest.raises(typer.Exit) as exit_info:
-        main(
-            iteration="it1",
-            teacher=inputs / "teacher.pt",
-            unlabeled=inputs / "unlabeled.npz",
-            out=tmp_path / "predictions",
-            metrics=tmp_path / "predict.json",
-            params_file=tmp_path / "params.yaml",
-        )
-    assert exit_info.value.exit_code == 2
-    assert "saved without its training noise; retrain it" in capsys.readouterr().err
+    err = predict_stage_error(inputs, tmp_path, tmp_path / "params.yaml", monkeypatch, capsys)
+    assert "saved without its training noise; retrain it" in err
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "predictions").exists()

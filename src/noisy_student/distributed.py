@@ -139,7 +139,7 @@ def process_group(device: torch.device) -> Iterator[World]:
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
             raise ValueError(
-                f"distributed.processes: rank {local_rank} needs GPU {local_rank}; "
+                f"torchrun rank {local_rank} needs GPU {local_rank}; "
                 f"this machine has {torch.cuda.device_count()} (one GPU per process)"
             )
         torch.cuda.set_device(local_rank)
@@ -147,7 +147,7 @@ def process_group(device: torch.device) -> Iterator[World]:
     elif device.type == "cpu":
         backend = "gloo"
     else:
-        raise ValueError(f"distributed.processes > 1 trains on CPU (gloo) or CUDA (nccl), not on {device.type}")
+        raise ValueError(f"several processes run on CPU (gloo) or CUDA (nccl), not on {device.type}")
     dist.init_process_group(backend, timeout=GROUP_TIMEOUT)
     try:
         yield world()

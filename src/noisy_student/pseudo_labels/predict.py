@@ -9,7 +9,7 @@ flip on the images, dropout and stochastic depth in the model.
 The paper labels its 130M-image pool in independent shard jobs; so does this. Input shard ``j``
 (:class:`~noisy_student.pseudo_labels.shards.InputShard`, rows ``[j * shard_size, (j + 1) * shard_size)``)
 becomes output file ``part-<j:05d>.parquet``. A :class:`ShardJob` says which shards one process labels:
-``--shard i/N`` those with ``j % N == i``; under ``torchrun`` (``WORLD_SIZE`` > 1, :func:`process_group`)
+``--shard i/N`` those with ``j % N == i``; under ``torchrun`` (``noisy_student.distributed``)
 rank ``r`` of ``W`` takes every ``W``-th of them from the ``r``-th. A shard whose file already holds what this
 run would write (:func:`~noisy_student.pseudo_labels.shards.shard_is_current`) is skipped, so jobs run in any
 order, concurrently into one folder, and rerun after a kill. The run that merges (no ``--shard``; rank 0 under
@@ -20,11 +20,8 @@ files, so they cover the shards other jobs wrote too.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,29 +115,6 @@ def parse_shard(text: str) -> tuple[int, int]:
         f"--shard: got '{text}'; expected i/N, job i of N independent jobs: two integers with 0 <= i < N "
         "(e.g. --shard 0/4 ... --shard 3/4)"
     )
-
-
-@contextmanager
-def process_group(device: torch.device, part: tuple[int, int] | None = None) -> Iterator[tuple[ShardJob, torch.device]]:
-    """This process's :class:`ShardJob` and device; under ``torchrun`` inside its torch.distributed process group.
-
-    With ``WORLD_SIZE`` > 1 (``torchrun --nproc_per_node N``) the process joins the group (NCCL on
-    CUDA, where each rank labels on ``cuda:LOCAL_RANK``; gloo elsewhere) and leaves it on exit;
-    otherwise nothing is initialised and the process is rank 0 of 1.
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        yield ShardJob(part), device
-        return
-    rank = int(os.environ["RANK"])
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
-    try:
-        yield ShardJob(part, rank, world), device
-    finally:
-        dist.destroy_process_group()
 
 
 def teacher_noise(checkpoint: Path, meta: dict[str, Any]) -> NoiseParams:
