@@ -16,6 +16,7 @@ from stages import (
     prepare,
     report,
     robustness_data,
+    shard,
     student,
     teacher,
     ui,
@@ -36,6 +37,7 @@ app.command("eval-a")(eval_a.main)
 app.command("eval-fgsm")(eval_fgsm.main)
 app.command("report")(report.main)
 app.command("ui")(ui.main)
+app.command("shard")(shard.main)
 
 if __name__ == "__main__":
     app()

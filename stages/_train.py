@@ -1,4 +1,4 @@
-"""What the two training stages share at their edge: the training processes, one trainer per run."""
+"""What the training stages share at their edge: the training processes (predict's ranks too), one trainer per run."""
 
 from __future__ import annotations
 
@@ -17,12 +17,14 @@ from noisy_student.training import PlanError, RunLockedError, RunPlan, TrainingI
 from stages._common import fail, friendly_errors, torch_threads
 
 
-def start_processes(params: Params) -> None:
+def start_processes(params: Params, any_world: bool = False) -> None:
     """Torch threads, and the ranks when ``distributed.processes`` > 1.
 
     One process: threads as every stage sets them. Several, started as one process (by DVC or by
     hand): run this same command under torchrun and exit with its code (never returns). A rank under
-    torchrun: its share of the threads, checked to be one of as many ranks as the params say.
+    torchrun: its share of the threads, checked to be one of as many ranks as the params say, unless
+    ``any_world`` (``predict``: any number of ranks labels the same files, so a hand-started torchrun
+    of any size is fine).
     """
     processes = params.distributed.processes
     with friendly_errors(ValueError):
@@ -33,7 +35,7 @@ def start_processes(params: Params) -> None:
         torch_threads()
         return
     ranks = int(os.environ.get("WORLD_SIZE", "1"))
-    if ranks != processes:
+    if ranks != processes and not any_world:
         fail(f"distributed.processes is {processes} but torchrun started {ranks}: run the stage without torchrun")
     distributed.die_with_parent()  # torchrun gone (even killed): this rank goes too
     torch.set_num_threads(distributed.rank_threads())

@@ -18,7 +18,8 @@ from noisy_student.pseudo_labels.predict import (
 )
 from noisy_student.seeds import seed_for
 from noisy_student.tracking import log_datasets, stage_run, tag_checkpoints, write_metrics
-from stages._common import METRICS_OPTION, PARAMS_OPTION, friendly_errors, params_or_exit, torch_threads
+from stages._common import METRICS_OPTION, PARAMS_OPTION, friendly_errors, params_or_exit
+from stages._train import start_processes
 
 SHARD_HELP = "i/N: label only input shards j with j % N == i (job i of N); the run without it, after them, merges."
 
@@ -26,7 +27,7 @@ SHARD_HELP = "i/N: label only input shards j with j % N == i (job i of N); the r
 def main(
     iteration: str = typer.Option(..., help="Iteration name (a key of `iterations` in params)."),
     teacher: Path = typer.Option(..., help="Teacher checkpoint."),
-    unlabeled: Path = typer.Option(UNLABELED, help="Unlabeled image set."),
+    unlabeled: Path = typer.Option(UNLABELED, help="Unlabeled pool: an .npz image set or a .wds folder of tars."),
     out: Path = typer.Option(..., help="Folder of Parquet shards to write."),
     metrics: Path = METRICS_OPTION,
     params_file: Path = PARAMS_OPTION,
@@ -37,13 +38,14 @@ def main(
     Stores the full distribution, or its ``pseudo_labels.top_k`` largest entries when set. Input shard
     j (``pseudo_labels.shard_size`` pool rows) becomes ``part-<j>.parquet``; shards already written
     with this teacher and these params are skipped. ``--shard i/N`` jobs (any order, concurrently)
-    and ``torchrun --nproc_per_node N -m stages.predict ...`` split the shards; the run without
-    ``--shard`` (rank 0 under torchrun) completes the folder and writes the metrics from its files.
+    and ``torchrun --nproc_per_node N -m stages.predict ...`` (what ``distributed.processes: N``
+    starts) split the shards; the run without ``--shard`` (rank 0 under torchrun) completes the
+    folder and writes the metrics from its files. A ``.wds`` pool's input shards are its tars.
     """
     with friendly_errors(ValueError):
         part = parse_shard(shard) if shard is not None else None
     params = params_or_exit(params_file, iteration)
-    torch_threads()
+    start_processes(params, any_world=True)  # distributed.processes > 1: reruns under torchrun (ranks split shards)
     pl = params.pseudo_labels
     with friendly_errors(ValueError):  # every input is read and checked before an MLflow run is opened
         inputs = load_predict_inputs(teacher, unlabeled, pl)

@@ -26,7 +26,7 @@ def main(
 ) -> None:
     """Generate the corrupted / perturbed / natural-adversarial test sets and the baseline errors."""
     params = params_or_exit(params_file)
-    labeled = labeled if labeled is not None else test.with_name(paths.LABELED.name)
+    labeled = labeled if labeled is not None else test.with_name(paths.LABELED.stem + test.suffix)  # .npz or .wds
     with friendly_errors():
         inputs = load_build_inputs(params, test, labeled)
     with stage_run("robustness-data", params, ("robustness",)):

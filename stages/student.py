@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 import typer
 
 from noisy_student import paths, tracking
-from noisy_student.data import load_imageset
+from noisy_student.data.wds import split_path as paths_split
 from noisy_student.evaluation import images_tensor
 from noisy_student.models import count_parameters, load_classifier
-from noisy_student.pseudo_labels import student_targets
-from noisy_student.training import PlanError, RunPlan, TrainingInputs, save_training_outputs, train_model
+from noisy_student.training import PlanError, RunPlan, save_training_outputs, train_model
+from noisy_student.training.sources import student_inputs
 from stages._common import METRICS_OPTION, PARAMS_OPTION, fail, friendly_errors, params_or_exit
 from stages._train import exclusive_run, other_rank_trains, start_processes
 
@@ -30,20 +29,18 @@ def main(
     params = params_or_exit(params_file, iteration)
     start_processes(params)  # distributed.processes > 1: runs this command under torchrun instead
     with friendly_errors():
-        labeled, test = load_imageset(data / paths.LABELED.name), load_imageset(data / paths.TEST.name)
-        pool = load_imageset(data / paths.UNLABELED.name)
         teacher_model, teacher_spec, _ = load_classifier(teacher)
-    with friendly_errors(ValueError):  # (N,) pool rows repeated as filter-balance says, (N, K) soft or hard targets
-        rows, targets, stats = student_targets(
+    fmt = params.data.format
+    with friendly_errors(ValueError):  # pool rows (npz) or keys (wds) repeated as filter-balance says, their targets
+        inputs, stats = student_inputs(
+            data,
+            fmt,
+            params.data.workers,
             selected,
-            pool,
             teacher_spec.num_classes,
             params.pseudo_labels.mode,
-            threshold=params.filter.confidence_threshold,
+            params.filter.confidence_threshold,
         )
-    inputs = TrainingInputs(
-        labeled, test, teacher_spec.num_classes, images_tensor(pool.images[rows]), torch.from_numpy(targets)
-    )
     teacher_params = count_parameters(teacher_model)
     plan = RunPlan.student(params, iteration, teacher_params)
     sections = ("student", "noise", "pseudo_labels", "filter")
@@ -52,8 +49,8 @@ def main(
         if other_rank_trains(plan, inputs, key, warm):
             return
         with tracking.stage_run("student", params, sections, iteration, key):
-            pool_files = (data / paths.LABELED.name, selected, data / paths.UNLABELED.name)
-            tracking.log_datasets(training=pool_files, evaluation=(data / paths.TEST.name,))
+            labeled, unlabeled, test = (paths_split(data, split, fmt) for split in ("labeled", "unlabeled", "test"))
+            tracking.log_datasets(training=(labeled, selected, unlabeled), evaluation=(test,))
             try:
                 result = train_model(plan, inputs, paths.checkpoints_dir(), tracking.log_history, warm, key)
             except PlanError as exc:
@@ -66,7 +63,7 @@ def main(
             tracking.log_artifacts("curves", csv)
             extra = {k: stats[k] for k in ("pseudo_labeled_rows", "pseudo_labeled_unique")}
             tracking.write_metrics(metrics, {**result.metrics, **extra, "teacher_parameters": int(teacher_params)})
-            input_shape = tuple(images_tensor(labeled.images[:1]).shape[1:])
+            input_shape = tuple(images_tensor(inputs.test.images[:1]).shape[1:])
             registered = params.tracking.registered_model
             tracking.log_model(result.model, out, input_shape, registered)  # type: ignore[arg-type]
 

@@ -7,8 +7,9 @@ from pathlib import Path
 import typer
 
 from noisy_student import paths, tracking
-from noisy_student.data import class_count, load_imageset
-from noisy_student.training import RunPlan, TrainingInputs, save_training_outputs, train_model
+from noisy_student.data.wds import WdsDataError, split_path
+from noisy_student.training import RunPlan, save_training_outputs, train_model
+from noisy_student.training.sources import teacher_inputs
 from stages._common import PARAMS_OPTION, friendly_errors, params_or_exit
 from stages._train import exclusive_run, other_rank_trains, start_processes
 
@@ -22,10 +23,10 @@ def main(
     """Train the teacher with cross entropy, RandAugment, dropout and stochastic depth."""
     params = params_or_exit(params_file)
     start_processes(params)  # distributed.processes > 1: runs this command under torchrun instead
-    with friendly_errors():
-        labeled_file, test_file = data / paths.LABELED.name, data / paths.TEST.name
-        labeled, test = load_imageset(labeled_file), load_imageset(test_file)
-    inputs = TrainingInputs(labeled, test, class_count(data, labeled.labels))
+    fmt = params.data.format
+    labeled_file, test_file = split_path(data, "labeled", fmt), split_path(data, "test", fmt)
+    with friendly_errors(WdsDataError):  # .npz arrays, or .wds shard folders streamed while training
+        inputs = teacher_inputs(data, fmt, params.data.workers)
     plan = RunPlan.teacher(params)
     with exclusive_run(plan, inputs) as key:
         if other_rank_trains(plan, inputs, key):

@@ -28,6 +28,8 @@ class DataParams(_Section):
     ``source: fashion_mnist`` reads the IDX release and uses the keys up to
     ``ood_sources``; ``source: folders`` reads the user's ImageNet-style folders
     and uses ``labeled_dir`` .. ``max_unlabeled`` (the other group is ignored).
+    ``format``, ``wds_shard_size`` and ``workers`` apply to both sources: how the
+    prepared splits are stored (:mod:`noisy_student.data.wds`) and read.
     """
 
     fashion_mnist_dir: str = "/usr/share/datasets/fashion-mnist"
@@ -50,6 +52,13 @@ class DataParams(_Section):
     channels: Literal[1, 3] = 3
     # seeded uniform subsample of the unlabeled files before decoding; None: all
     max_unlabeled: int | None = Field(None, ge=1)
+    # on-disk format of the prepared splits: 'npz' (one in-memory ImageSet file per split, small data) or
+    # 'wds' (a <split>.wds folder of WebDataset tar shards + _info.json, streamed: ImageNet-size data)
+    format: Literal["npz", "wds"] = "npz"
+    # format 'wds' only: images per tar file (the last one of a split may hold fewer)
+    wds_shard_size: int = Field(10000, ge=1)
+    # DataLoader worker processes per training rank reading streamed ('wds') data; 0: in the training process
+    workers: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _folders_complete(self) -> DataParams:
@@ -390,6 +399,16 @@ class Params(_Section):
             details.append(InitErrorDetails(type=why, loc=("distributed", "sync_batchnorm"), input=True))
         if details:
             raise ValidationError.from_exception_data(type(self).__name__, details)
+        return self
+
+    @model_validator(mode="after")
+    def _streamed_data_fits(self) -> Params:
+        # FixRes finetunes on host tensors; streamed shards never are
+        if self.data.format == "wds" and self.student.fixres.epochs:
+            why = PydanticCustomError("fixres_streamed", "0 with data.format: wds (FixRes needs data.format: npz)")
+            loc = ("student", "fixres", "epochs")
+            detail = InitErrorDetails(type=why, loc=loc, input=self.student.fixres.epochs)
+            raise ValidationError.from_exception_data(type(self).__name__, [detail])
         return self
 
     def for_iteration(self, name: str) -> Params:

@@ -100,7 +100,9 @@ def relaunch(processes: int, threads: int) -> NoReturn:
     torchrun is stopped (it stops its ranks) when this process dies or is interrupted.
     """
     env = {**os.environ, THREADS_ENV: str(threads), "OMP_NUM_THREADS": str(max(1, threads // processes))}
-    proc = subprocess.Popen(torchrun_command(processes, sys.argv, _main_module()), env=env, preexec_fn=die_with_parent)
+    command = torchrun_command(processes, sys.argv, _main_module())
+    print(f"distributed.processes: {processes}: {' '.join(command)}", file=sys.stderr, flush=True)
+    proc = subprocess.Popen(command, env=env, preexec_fn=die_with_parent)
     try:
         code = proc.wait()
     except KeyboardInterrupt:

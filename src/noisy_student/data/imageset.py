@@ -56,8 +56,13 @@ def save_imageset(path: str | Path, data: ImageSet) -> None:
 
 
 def load_imageset(path: str | Path) -> ImageSet:
-    """Read an image set written by :func:`save_imageset`; a missing file says which stage makes it."""
+    """Read an image set written by :func:`save_imageset` (or a ``.wds`` split folder, decoded into memory);
+    a missing file says which stage makes it."""
     path = Path(path)
+    if path.suffix == ".wds":  # a WebDataset split folder (data.format: wds), decoded whole: test sets, robustness
+        from noisy_student.data.wds import read_wds_imageset  # imports this module
+
+        return read_wds_imageset(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: image set not found (run the 'prepare' stage first: dvc repro prepare)")
     with np.load(path, allow_pickle=False) as z:

@@ -4,13 +4,15 @@
 out-of-domain images into the unlabeled pool; ``data.source: folders`` decodes
 the user's ImageNet-style folders. Both produce a :class:`Prepared`, written by
 :func:`write_prepared` as ``labeled.npz``, ``unlabeled.npz``, ``test.npz``
-(:class:`~noisy_student.data.ImageSet`) and ``classes.json``; folders also
-write ``files.csv`` (id -> image file).
+(:class:`~noisy_student.data.ImageSet`; with ``data.format: wds`` the folders
+``labeled.wds`` etc. of WebDataset tar shards, :mod:`noisy_student.data.wds`)
+and ``classes.json``; folders also write ``files.csv`` (id -> image file).
 """
 
 from __future__ import annotations
 
 import csv
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,15 +34,32 @@ from noisy_student.data.folders import (
 from noisy_student.data.imageset import ImageSet, save_classes, save_imageset
 from noisy_student.data.out_of_domain import out_of_domain_images
 from noisy_student.data.splits import split_labeled_unlabeled
+from noisy_student.data.wds import split_path, write_wds
 from noisy_student.io import atomic_path
 from noisy_student.paths import LABELED, MANIFEST_FILE, TEST, UNLABELED
 from noisy_student.seeds import seed_for
 
 # ids: train image i -> i, test image i -> TEST_ID_OFFSET + i, out-of-domain j -> OOD_ID_OFFSET + j.
 # Folders: labeled file i -> i, test file i -> TEST_ID_OFFSET + i, unlabeled file j -> OOD_ID_OFFSET + j
-# (i, j: positions in the sorted file lists, so an id names the same file whatever the cap).
+# (i, j: positions in the sorted file lists, so an id names the same file whatever the cap); folders of a
+# million images or more move both offsets up (id_offsets).
 TEST_ID_OFFSET = 1_000_000
 OOD_ID_OFFSET = 2_000_000
+
+
+def id_offsets(labeled: int, test: int) -> tuple[int, int]:
+    """The first test id and the first unlabeled id of folders with ``labeled`` / ``test`` images.
+
+    (TEST_ID_OFFSET, OOD_ID_OFFSET) while both splits hold fewer than a million images (every data set
+    prepared so far keeps its ids); above, the next power of ten over the larger split and twice it
+    (ImageNet's 1.28M labeled images: test ids from 10M, unlabeled from 20M), so ids never collide.
+    """
+    largest = max(labeled, test)
+    if largest < TEST_ID_OFFSET:
+        return TEST_ID_OFFSET, OOD_ID_OFFSET
+    step = 10 ** len(str(largest))
+    return step, 2 * step
+
 
 # one manifest row: (id, split, label, path relative to that split's folder)
 ManifestRow = tuple[int, str, int, str]
@@ -137,9 +156,7 @@ def prepare_folders(params: Params) -> Prepared:
             f"({lab.root}); expected test classes to be a subset of the labeled classes {list(lab.classes)} "
             f"({len(unknown)} unknown: {unknown[:5]})"
         )
-    for key, split in (("data.labeled_dir", lab), ("data.test_dir", tst)):
-        if len(split.files) >= TEST_ID_OFFSET:  # ids would collide with the next split's range
-            raise FolderDataError(f"{key}: {len(split.files)} images; expected fewer than {TEST_ID_OFFSET:,}")
+    test_offset, ood_offset = id_offsets(len(lab.files), len(tst.files))
     # test labels in the labeled folder's class order (the model's logit order)
     to_labeled = np.array([lab.classes.index(c) for c in tst.classes], dtype=np.int64)
     test_labels = to_labeled[tst.labels]
@@ -162,8 +179,8 @@ def prepare_folders(params: Params) -> Prepared:
     unl_x = decode_images(unl_files, size, ch, "decode unlabeled")
 
     lab_ids = np.arange(len(lab.files), dtype=np.int64)
-    test_ids = TEST_ID_OFFSET + np.arange(len(tst.files), dtype=np.int64)
-    unl_ids = OOD_ID_OFFSET + unl_idx
+    test_ids = test_offset + np.arange(len(tst.files), dtype=np.int64)
+    unl_ids = ood_offset + unl_idx
     labeled = ImageSet(lab_x, lab.labels, lab_ids, np.full(len(lab_ids), "folders"))
     unlabeled = ImageSet(unl_x, np.full(len(unl_ids), -1, dtype=np.int64), unl_ids, np.full(len(unl_ids), "folders"))
     test = ImageSet(test_x, test_labels, test_ids, np.full(len(test_ids), "folders"))
@@ -201,14 +218,23 @@ def _manifest_rows(
     return [(int(i), split, int(y), p.relative_to(root).as_posix()) for i, y, p in zip(ids, labels, files, strict=True)]
 
 
-def write_prepared(folder: Path, prepared: Prepared) -> None:
-    """Write the three image sets, ``classes.json`` and (folders) ``files.csv`` into ``folder``, each atomically."""
-    for name, split in (
-        (LABELED.name, prepared.labeled),
-        (UNLABELED.name, prepared.unlabeled),
-        (TEST.name, prepared.test),
-    ):
-        save_imageset(folder / name, split)
+def write_prepared(folder: Path, prepared: Prepared, data_format: str = "npz", wds_shard_size: int = 10000) -> None:
+    """Write the three splits, ``classes.json`` and (folders) ``files.csv`` into ``folder``, each atomically.
+
+    ``data_format`` (``data.format``): ``npz`` writes ``labeled.npz`` etc.; ``wds`` writes the split
+    folders ``labeled.wds`` etc. of :mod:`noisy_student.data.wds`, ``wds_shard_size`` images per tar.
+    The other format's splits, left by an earlier run, are removed: the folder holds one format.
+    """
+    splits = ((LABELED.stem, prepared.labeled), (UNLABELED.stem, prepared.unlabeled), (TEST.stem, prepared.test))
+    for name, split in splits:
+        if data_format == "wds":
+            write_wds(split_path(folder, name, "wds"), name, split, wds_shard_size)
+            split_path(folder, name, "npz").unlink(missing_ok=True)
+        else:
+            save_imageset(split_path(folder, name, "npz"), split)
+            stale = split_path(folder, name, "wds")
+            if stale.is_dir():
+                shutil.rmtree(stale)
     save_classes(folder, prepared.classes)
     manifest = folder / MANIFEST_FILE
     if prepared.manifest:

@@ -7,12 +7,14 @@ the teacher was trained with, read from its checkpoint: RandAugment + crop +
 flip on the images, dropout and stochastic depth in the model.
 
 The paper labels its 130M-image pool in independent shard jobs; so does this. Input shard ``j``
-(:class:`~noisy_student.pseudo_labels.shards.InputShard`, rows ``[j * shard_size, (j + 1) * shard_size)``)
-becomes output file ``part-<j:05d>.parquet``. A :class:`ShardJob` says which shards one process labels:
-``--shard i/N`` those with ``j % N == i``; under ``torchrun`` (``noisy_student.distributed``)
-rank ``r`` of ``W`` takes every ``W``-th of them from the ``r``-th. A shard whose file already holds what this
-run would write (:func:`~noisy_student.pseudo_labels.shards.shard_is_current`) is skipped, so jobs run in any
-order, concurrently into one folder, and rerun after a kill. The run that merges (no ``--shard``; rank 0 under
+(:class:`~noisy_student.pseudo_labels.shards.PoolShard`: rows ``[j * shard_size, (j + 1) * shard_size)`` of
+``unlabeled.npz``, or the j-th tar of ``unlabeled.wds``) becomes output file ``part-<j:05d>.parquet``
+(for tars with the sample ``key`` and the tar's name, ``shard``, in every row). A :class:`ShardJob` says
+which shards one process labels: ``--shard i/N`` those with ``j % N == i``; under ``torchrun``
+(``noisy_student.distributed``) rank ``r`` of ``W`` takes every ``W``-th of them from the ``r``-th. A
+shard whose file already holds what this run would write
+(:func:`~noisy_student.pseudo_labels.shards.shard_is_current`) is skipped, so jobs run in any order,
+concurrently into one folder, and rerun after a kill. The run that merges (no ``--shard``; rank 0 under
 ``torchrun``, once every rank is done) clears the folder of anything else and computes the metrics from the
 files, so they cover the shards other jobs wrote too.
 """
@@ -27,21 +29,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 import torch.distributed as dist
 from pydantic import ValidationError
 from tqdm.auto import tqdm
 
 from noisy_student.config import NoiseParams, PseudoLabelParams
-from noisy_student.data.imageset import ImageSet, load_imageset
+from noisy_student.data.imageset import ImageSet
 from noisy_student.evaluation import images_tensor, predict_logits
 from noisy_student.models import ImageClassifier, load_classifier
 from noisy_student.noise import BatchAugment
 from noisy_student.pseudo_labels.shards import (
     KEY_FORMAT,
-    InputShard,
+    PoolShard,
+    TarPool,
     file_md5,
-    input_shards,
+    load_pool,
+    pool_shards,
     prediction_table,
     remove_other_files,
     shard_is_current,
@@ -56,6 +61,8 @@ from noisy_student.pseudo_labels.targets import softmax
 class PredictInputs:
     """Everything ``predict`` reads, loaded and checked before any work (or MLflow run) starts.
 
+    ``pool``: the unlabeled images, in memory (``unlabeled.npz``) or as a folder of tars
+    (``unlabeled.wds``: its ``_info.json`` read, the tars read shard by shard while labelling).
     ``noise`` is the teacher's training noise when it labels noised
     (``pseudo_labels.noised_teacher``), else None; ``teacher_md5`` the checkpoint file's md5
     (part of every shard's content key).
@@ -63,7 +70,7 @@ class PredictInputs:
 
     teacher: ImageClassifier
     noise: NoiseParams | None
-    pool: ImageSet
+    pool: ImageSet | TarPool
     teacher_md5: str
 
 
@@ -141,9 +148,10 @@ def teacher_noise(checkpoint: Path, meta: dict[str, Any]) -> NoiseParams:
 def load_predict_inputs(checkpoint: Path, unlabeled: Path, params: PseudoLabelParams) -> PredictInputs:
     """Load the teacher and the unlabeled pool, and check ``params.top_k`` against the teacher's classes.
 
-    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for a
-    checkpoint without its training noise (noised teacher only) or a ``top_k``
-    above the number of classes.
+    ``unlabeled``: an ``.npz`` image set, or a folder whose name ends in ``.wds`` (WebDataset tars
+    + ``_info.json``; only the listing is read here). Raises ``FileNotFoundError`` for a missing
+    file, folder or listed tar and ``ValueError`` for a checkpoint without its training noise
+    (noised teacher only), a ``top_k`` above the number of classes or an unreadable ``_info.json``.
     """
     teacher, spec, meta = load_classifier(checkpoint)
     teacher_md5 = file_md5(checkpoint)
@@ -152,7 +160,7 @@ def load_predict_inputs(checkpoint: Path, unlabeled: Path, params: PseudoLabelPa
         noise = teacher_noise(checkpoint, meta)
         # rebuilt with its drop rates: they only act under model noise, so the un-noised teacher skips this
         teacher, spec, _ = load_classifier(checkpoint, drop_rate=noise.dropout, drop_path_rate=noise.stochastic_depth)
-    pool = load_imageset(unlabeled)
+    pool = load_pool(unlabeled)
     k, classes = params.top_k, spec.num_classes
     if k is not None and k > classes:  # checked before the (long) prediction
         raise ValueError(f"pseudo_labels.top_k: got {k}; the teacher has {classes} classes (1..{classes})")
@@ -176,14 +184,14 @@ def predict_pseudo_labels(
     merges (``job.merges``) checks every shard, removes everything else from ``out`` and returns the
     metrics of :func:`~noisy_student.pseudo_labels.shards.shard_metrics` with ``shards``,
     ``shards_written`` and ``shards_skipped``. Without ``--shard`` or ``torchrun`` the files are the
-    same, byte for byte, as one pass over the pool writes (:func:`_shard_probs`).
+    same, byte for byte, as one pass over the pool writes (:func:`label_shard`).
 
     ``seed`` seeds the noised teacher's augmentation and dropout, per shard (:func:`shard_seed`);
     the un-noised teacher draws nothing.
     """
     start = time.perf_counter()
     model = inputs.teacher.to(device)
-    shards = input_shards(len(inputs.pool), params.shard_size)
+    shards = pool_shards(inputs.pool, params.shard_size)
     mine = job.shards(len(shards))
     out.mkdir(parents=True, exist_ok=True)
     counts = [0, 0, 0]  # written, skipped, images labelled
@@ -197,10 +205,7 @@ def predict_pseudo_labels(
         if shard_is_current(path, content, len(shard)):
             counts[1] += 1
             continue
-        probs = _shard_probs(model, inputs, shard, params, device, seed, amp_dtype)
-        rows = shard.rows(inputs.pool)
-        # label: ground truth for reporting only; top_k=None keeps the full distribution
-        write_shard(path, prediction_table(rows.ids, rows.source, rows.labels, probs, params.top_k), content)
+        write_shard(path, label_shard(model, inputs.noise, shard, params, device, seed, amp_dtype), content)
         counts[0] += 1
         counts[2] += len(shard)
     if job.world > 1:  # every rank waits here until all have written their shards
@@ -222,21 +227,20 @@ def predict_pseudo_labels(
 
 
 def shard_key(
-    inputs: PredictInputs, shard: InputShard, params: PseudoLabelParams, seed: int, amp_dtype: torch.dtype | None
+    inputs: PredictInputs, shard: PoolShard, params: PseudoLabelParams, seed: int, amp_dtype: torch.dtype | None
 ) -> dict[str, Any]:
     """The content key of ``shard``'s output file: everything its bytes depend on.
 
-    The input rows (range and md5), the teacher checkpoint's md5, the pseudo-label params that
-    change the numbers (temperature, top_k, noised_teacher, batch_size: the batches), the autocast
-    dtype and, for the noised teacher only, the seed. A file whose stored key differs is rewritten.
+    The input (:meth:`~noisy_student.pseudo_labels.shards.PoolShard.content`: the row range and the
+    rows' md5, or the tar's name, sample count and file md5), the teacher checkpoint's md5, the
+    pseudo-label params that change the numbers (temperature, top_k, noised_teacher, batch_size: the
+    batches), the autocast dtype and, for the noised teacher only, the seed. A file whose stored key
+    differs is rewritten.
     """
     noised = inputs.noise is not None
     return {
         "format": KEY_FORMAT,
-        "shard": shard.index,
-        "start": shard.start,
-        "stop": shard.stop,
-        "inputs_md5": shard.digest(inputs.pool),
+        **shard.content(),
         "teacher_md5": inputs.teacher_md5,
         "temperature": params.temperature,
         "top_k": params.top_k,
@@ -257,36 +261,45 @@ def shard_seed(seed: int, index: int) -> int:
     return int.from_bytes(hashlib.sha256(f"predict shard {seed} {index}".encode()).digest()[:8], "little")
 
 
-def _shard_probs(
+def label_shard(
     model: ImageClassifier,
-    inputs: PredictInputs,
-    shard: InputShard,
+    noise: NoiseParams | None,
+    shard: PoolShard,
     params: PseudoLabelParams,
     device: torch.device,
     seed: int,
     amp_dtype: torch.dtype | None,
-) -> np.ndarray:
-    """``(len(shard), K)`` float32 softmax of one input shard.
+) -> pa.Table:
+    """The output table of one input shard: its rows and the teacher's softmax at ``params.temperature``.
 
-    Batches sit at multiples of ``batch_size`` from the start of the pool, as in one pass over the
-    whole pool: a shard whose ends fall inside a batch also runs that batch's rows of its neighbour
-    and drops them (at most one batch per end; none when ``shard_size`` is a multiple of
-    ``batch_size``). Every row is so computed in the same batch however the pool is sharded, and the
-    un-noised output equals one pass's bit for bit. (When input shards become files, batches will
-    start at each shard's start instead.)
+    Batches are the shard's own (:meth:`~noisy_student.pseudo_labels.shards.PoolShard.batches`): an
+    in-memory pool's sit at multiples of ``batch_size`` from the pool's start, so the un-noised output
+    equals one pass's over the whole pool bit for bit; a tar's start at the tar's first sample (the
+    same batches when ``shard_size`` is a multiple of ``batch_size``). ``noise`` labels with the
+    teacher's training noise, drawn from :func:`shard_seed` in batch order.
     """
-    pool, size = inputs.pool, params.batch_size
-    lo, hi = shard.start - shard.start % size, min(len(pool), -(-shard.stop // size) * size)
     torch.manual_seed(shard_seed(seed, shard.index))
-    noise = inputs.noise
-    logits = predict_logits(
-        model,
-        images_tensor(pool.images[lo:hi]),
-        size,
-        device,
-        progress=False,
-        augment=BatchAugment(noise) if noise is not None else None,
-        model_noise=noise is not None,
-        amp_dtype=amp_dtype,
-    )
-    return softmax(logits[shard.start - lo : shard.stop - lo], params.temperature)
+    augment = BatchAugment(noise) if noise is not None else None
+    logits, batches = [], []
+    for batch in shard.batches(params.batch_size):
+        images = images_tensor(batch.images)
+        out = predict_logits(
+            model,
+            images,
+            len(images),  # one batch per call: the shard's batches, not predict_logits', set the boundaries
+            device,
+            progress=False,
+            augment=augment,
+            model_noise=noise is not None,
+            amp_dtype=amp_dtype,
+        )
+        logits.append(out[batch.keep])
+        batches.append(batch)
+    probs = softmax(np.concatenate(logits), params.temperature)
+
+    def column(name: str) -> np.ndarray:
+        return np.concatenate([getattr(b, name) for b in batches])
+
+    keys = column("keys") if shard.file is not None else None
+    # label: ground truth for reporting only; top_k=None keeps the full distribution
+    return prediction_table(column("ids"), column("source"), column("labels"), probs, params.top_k, keys, shard.file)

@@ -1,14 +1,18 @@
 """The teacher's predictions as a folder of Parquet shards: input shard j -> output file j, its key, the metrics.
 
-The pool is cut into input shards of ``pseudo_labels.shard_size`` rows (:func:`input_shards`: shard ``j`` is
-rows ``[j * shard_size, (j + 1) * shard_size)``), and ``predict`` labels each one into its own output file
-``part-<j:05d>.parquet`` (:func:`prediction_table`, :func:`write_shard`), so shards are independent jobs. Beside
-each file a hidden content key ``.part-<j:05d>.parquet.key`` records what it was labelled from (the teacher
-checkpoint's md5, the shard's rows and their md5, the pseudo-label params) and the file's own md5:
-:func:`shard_is_current` tells a finished shard (skip it) from a missing, damaged or stale one (rewrite it).
-The key is a file of its own rather than Parquet metadata so that a shard's bytes are exactly its table's,
-whichever job wrote it; pyarrow skips dot-files, so ``filter-balance`` (:func:`shard_files`) never reads a key
-or a temporary file as a shard. Only NumPy and PyArrow here: the filter-balance side never needs torch.
+The pool is cut into input shards, and ``predict`` labels each one into its own output file
+``part-<j:05d>.parquet`` (:func:`prediction_table`, :func:`write_shard`), so shards are independent jobs.
+An input shard (:class:`PoolShard`) is either a row range of the in-memory pool ``unlabeled.npz``
+(:class:`PoolRows`: shard ``j`` is rows ``[j * shard_size, (j + 1) * shard_size)``, :func:`input_shards`) or
+the j-th tar file of the WebDataset folder ``unlabeled.wds`` (:class:`TarShard`, listed by its ``_info.json``);
+a tar shard's output rows also carry the sample ``key`` and the tar's name (``shard``), so the student can
+find the selected images in the tars. Beside each file a hidden content key ``.part-<j:05d>.parquet.key``
+records what it was labelled from (the teacher checkpoint's md5, the shard's rows and their md5 or the tar
+file's md5, the pseudo-label params) and the file's own md5: :func:`shard_is_current` tells a finished shard
+(skip it) from a missing, damaged or stale one (rewrite it). The key is a file of its own rather than Parquet
+metadata so that a shard's bytes are exactly its table's, whichever job wrote it; pyarrow skips dot-files, so
+``filter-balance`` (:func:`shard_files`) never reads a key or a temporary file as a shard. Only NumPy, PyArrow
+and PIL here: the filter-balance side never needs torch.
 """
 
 from __future__ import annotations
@@ -16,29 +20,31 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from noisy_student.data.imageset import ImageSet
+from noisy_student.data.imageset import ImageSet, load_imageset
+from noisy_student.data.wds import INFO_FILE, WDS_SUFFIX, WdsSample, iter_tar, read_info
 from noisy_student.io import atomic_path, write_json
 from noisy_student.pseudo_labels.targets import TOPK_CLASSES, TOPK_PROBS, parquet_errors, top_k
 
 KEY_FORMAT = 1  # bump when what a shard holds changes for the same inputs: every existing shard is then rewritten
 METRIC_COLUMNS = ["label", "pred", "confidence"]
+KEY_COLUMNS = ["key", "shard"]  # a tar pool's rows: the sample key and the tar file's name
 
 
 @dataclass(frozen=True)
 class InputShard:
-    """Input shard ``index``: the pool rows ``[start, stop)``, labelled into output file ``index``.
+    """Input shard ``index`` of an in-memory pool: its rows ``[start, stop)``, labelled into output file ``index``.
 
-    The unit of work of ``predict``. Today a row range of the in-memory pool; when input shards
-    become files (WebDataset tars), this class, :func:`input_shards` and :meth:`digest` are what change.
+    ``predict`` reads it bound to its pool (:class:`PoolRows`); :func:`write_prediction_shards` cuts
+    a pool's probabilities at the same boundaries.
     """
 
     index: int
@@ -75,6 +81,203 @@ def input_shards(pool_size: int, shard_size: int) -> list[InputShard]:
     ]
 
 
+# ---------------------------------------------------------------------------
+# Input shards as predict reads them, from either pool: rows of unlabeled.npz or tars of unlabeled.wds.
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class ShardBatch:
+    """One batch of an input shard, as the teacher sees it, and which of its rows belong to the shard.
+
+    ``images``: ``(B, H, W)`` or ``(B, H, W, C)`` uint8. ``keep``: the slice of those ``B`` rows that
+    belong to the shard (a row-range shard's first and last batch may also hold rows of its
+    neighbours: :meth:`PoolRows.batches`). ``ids`` / ``labels`` / ``source`` ``(n,)`` describe the kept
+    ``n`` rows; ``keys`` ``(n,)`` str: their sample keys, tar shards only.
+    """
+
+    images: np.ndarray
+    keep: slice
+    ids: np.ndarray
+    labels: np.ndarray
+    source: np.ndarray
+    keys: np.ndarray | None = None
+
+
+class PoolShard(Protocol):
+    """An input shard of ``predict``, whichever the pool: labelled into output file ``index``."""
+
+    @property
+    def index(self) -> int:
+        """Its position in the pool's shards: the output file ``part-<index:05d>.parquet``."""
+        ...
+
+    @property
+    def file(self) -> str | None:
+        """The tar file's name (the output's ``shard`` column); None for rows of an in-memory pool."""
+        ...
+
+    def __len__(self) -> int: ...
+
+    def digest(self) -> str:
+        """md5 of what the shard's output is made from (its images, labels, ids, sources, keys)."""
+        ...
+
+    def content(self) -> dict[str, Any]:
+        """Where its rows come from and :meth:`digest`: the input part of the output's content key."""
+        ...
+
+    def batches(self, batch_size: int) -> Iterator[ShardBatch]:
+        """Its images in batches of ``batch_size`` (the last may be shorter), in order, with their rows."""
+        ...
+
+
+@dataclass(frozen=True, eq=False)
+class PoolRows:
+    """The rows ``rows`` of the in-memory ``pool`` (``unlabeled.npz``) as an input shard."""
+
+    rows: InputShard
+    pool: ImageSet = field(repr=False)
+
+    @property
+    def index(self) -> int:
+        return self.rows.index
+
+    @property
+    def file(self) -> None:
+        return None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def digest(self) -> str:
+        return self.rows.digest(self.pool)
+
+    def content(self) -> dict[str, Any]:
+        rows = self.rows
+        return {"shard": rows.index, "start": rows.start, "stop": rows.stop, "inputs_md5": self.digest()}
+
+    def batches(self, batch_size: int) -> Iterator[ShardBatch]:
+        """Batches at multiples of ``batch_size`` from the start of the pool, as one pass over the whole pool runs.
+
+        A shard whose ends fall inside a batch also runs that batch's rows of its neighbour (``keep``
+        drops them; at most one batch per end, none when ``shard_size`` is a multiple of
+        ``batch_size``), so every row is computed in the same batch however the pool is sharded.
+        """
+        pool, start, stop = self.pool, self.rows.start, self.rows.stop
+        lo, hi = start - start % batch_size, min(len(pool), -(-stop // batch_size) * batch_size)
+        for s in range(lo, hi, batch_size):
+            e = min(s + batch_size, hi)
+            a, b = max(s, start), min(e, stop)
+            yield ShardBatch(pool.images[s:e], slice(a - s, b - s), pool.ids[a:b], pool.labels[a:b], pool.source[a:b])
+
+
+@dataclass(frozen=True)
+class TarShard:
+    """Input shard ``index`` of a tar pool: the tar file ``path`` with its ``samples`` samples (from ``_info.json``)."""
+
+    index: int
+    path: Path
+    samples: int
+
+    @property
+    def file(self) -> str:
+        return self.path.name
+
+    def __len__(self) -> int:
+        return self.samples
+
+    def digest(self) -> str:
+        """md5 of the tar file: its samples' images, labels, ids, sources and keys, and nothing else (fixed mtime)."""
+        return file_md5(self.path)
+
+    def content(self) -> dict[str, Any]:
+        return {"shard": self.index, "tar": self.file, "samples": self.samples, "tar_md5": self.digest()}
+
+    def batches(self, batch_size: int) -> Iterator[ShardBatch]:
+        """The tar's samples in file order, in batches from its first sample (each tar starts a batch).
+
+        Raises ``ValueError`` naming the tar when its images differ in shape or mode, or when it holds
+        another number of samples than ``_info.json`` lists (checked after the last batch, before
+        ``predict`` writes anything).
+        """
+        pending: list[WdsSample] = []
+        count, shape = 0, None
+        for sample in iter_tar(self.path):
+            shape = shape or sample.image.shape
+            if sample.image.shape != shape:
+                raise ValueError(
+                    f"{self.path}: sample {sample.key} is an image {sample.image.shape}, the tar's first {shape}; "
+                    "expected every image of the pool at data.image_size, with the same channels"
+                )
+            pending.append(sample)
+            count += 1
+            if len(pending) == batch_size:
+                yield _tar_batch(pending)
+                pending = []
+        if pending:
+            yield _tar_batch(pending)
+        if count != self.samples:
+            raise ValueError(
+                f"{self.path}: holds {count} samples, {INFO_FILE} lists {self.samples}; rewrite the folder "
+                "(`prepare` with data.format: wds, or `noisy-student shard`)"
+            )
+
+
+def _tar_batch(samples: list[WdsSample]) -> ShardBatch:
+    return ShardBatch(
+        np.stack([s.image for s in samples]),
+        slice(0, len(samples)),
+        np.array([s.id for s in samples], dtype=np.int64),
+        np.array([s.label for s in samples], dtype=np.int64),
+        np.array([s.source for s in samples], dtype=str),
+        np.array([s.key for s in samples], dtype=str),
+    )
+
+
+@dataclass(frozen=True)
+class TarPool:
+    """An unlabeled pool as a folder of WebDataset tars (``unlabeled.wds``): input shard j is ``shards[j]``."""
+
+    folder: Path
+    shards: tuple[TarShard, ...]
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.shards)
+
+
+def load_tar_pool(folder: Path) -> TarPool:
+    """The tar pool in ``folder`` from its ``_info.json``: tar j is the j-th of the split's ``filenames``.
+
+    Raises ``FileNotFoundError`` for a missing folder, ``_info.json`` or listed tar and ``ValueError``
+    for an ``_info.json`` that is not timm's wds info of one split (messages name the file).
+    """
+    folder = Path(folder)
+    info = read_info(folder)
+    shards = tuple(
+        TarShard(j, path, n) for j, (path, n) in enumerate(zip(info.paths(folder), info.shard_lengths, strict=True))
+    )
+    return TarPool(folder, shards)
+
+
+def load_pool(path: Path) -> ImageSet | TarPool:
+    """The unlabeled pool at ``path``: a folder of tars when its name ends in ``.wds``, else an ``.npz`` ImageSet."""
+    path = Path(path)
+    return load_tar_pool(path) if path.name.endswith(WDS_SUFFIX) else load_imageset(path)
+
+
+def pool_shards(pool: ImageSet | TarPool, shard_size: int) -> list[PoolShard]:
+    """The input shards of ``pool``, in order: its tars, or row ranges of ``shard_size`` (:func:`input_shards`)."""
+    if isinstance(pool, TarPool):
+        return list(pool.shards)
+    return [PoolRows(rows, pool) for rows in input_shards(len(pool), shard_size)]
+
+
+# ---------------------------------------------------------------------------
+# Output files.
+# ---------------------------------------------------------------------------
+
+
 def shard_path(out: Path, index: int) -> Path:
     """Output file of input shard ``index`` in the predictions folder ``out``."""
     return Path(out) / f"part-{index:05d}.parquet"
@@ -95,17 +298,24 @@ def file_md5(path: str | Path) -> str:
 
 
 def prediction_table(
-    ids: np.ndarray, source: np.ndarray, labels: np.ndarray, probs: np.ndarray, k: int | None = None
+    ids: np.ndarray,
+    source: np.ndarray,
+    labels: np.ndarray,
+    probs: np.ndarray,
+    k: int | None = None,
+    keys: np.ndarray | None = None,
+    shard: str | None = None,
 ) -> pa.Table:
     """One shard of ``predict``'s output for ``N`` images.
 
     Columns: ``id``, ``source``, ``label`` (ground truth, -1 for out-of-domain;
     reporting only), ``pred`` (int32), ``confidence`` (top-1 probability), then
     either ``probs`` (the full ``(N, K)`` distribution, ``k=None``) or
-    ``topk_probs`` / ``topk_classes`` (``(N, k)`` float32 / int32, largest first).
-    Filter-balance selects on ``pred``/``confidence`` (``label`` for its
-    report) and copies the other columns as they are, so both layouts go
-    through it unchanged.
+    ``topk_probs`` / ``topk_classes`` (``(N, k)`` float32 / int32, largest first),
+    then, for a tar pool (``keys`` ``(N,)`` str given, with the tar's name ``shard``),
+    ``key`` and ``shard`` (str). Filter-balance selects on ``pred``/``confidence``
+    (``label`` for its report) and copies the other columns as they are, so every
+    layout goes through it unchanged.
     """
     columns: dict[str, pa.Array] = {
         "id": pa.array(ids),
@@ -120,6 +330,11 @@ def prediction_table(
         values, classes = top_k(probs, k)
         columns[TOPK_PROBS] = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), k)
         columns[TOPK_CLASSES] = pa.FixedSizeListArray.from_arrays(pa.array(classes.reshape(-1)), k)
+    if keys is not None:
+        if shard is None:
+            raise ValueError("prediction_table: sample keys need the name of their tar (shard)")
+        columns["key"] = pa.array(keys.astype(str))
+        columns["shard"] = pa.array([shard] * len(keys), pa.string())
     return pa.table(columns)
 
 

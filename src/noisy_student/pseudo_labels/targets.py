@@ -138,30 +138,16 @@ def selected_targets(table: pa.Table, num_classes: int) -> tuple[np.ndarray, np.
     return ids, copies, probs
 
 
-def student_targets(
-    selected_path: str | Path,
-    pool: ImageSet,
-    num_classes: int,
-    mode: Literal["soft", "hard"],
-    *,
-    threshold: float | None = None,
-) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """The student's pseudo-labeled training rows from ``filter-balance``'s ``selected.parquet``.
+def read_selected(
+    selected_path: str | Path, num_classes: int, *, threshold: float | None = None
+) -> tuple[pa.Table, np.ndarray, np.ndarray, np.ndarray]:
+    """Read ``filter-balance``'s ``selected.parquet``: ``(table, ids (N,), copies (N,), probs (N, num_classes))``.
 
-    Every selected image appears ``copies`` times (the balancing duplicates).
-    Returns ``(rows, targets, stats)``: ``rows`` ``(M,)`` int64 positions into
-    ``pool`` (``M`` = the sum of copies), ``targets`` ``(M, num_classes)``
-    float32 (:func:`targets_from_probs` in ``mode``), and ``stats`` with
-    ``pseudo_labeled_rows`` (``M``), ``pseudo_labeled_unique`` (selected
-    images), ``copies_sum`` (int, = ``M``) and ``probs_sum`` (float, the sum
-    of the dense ``(N, num_classes)`` probabilities before duplication), the
-    last two as the student's resume key has always hashed them.
-
-    Raises ``FileNotFoundError`` when the file is missing, :class:`ParquetReadError` (a
-    ``ValueError``) naming it when it is not a readable Parquet file, and ``ValueError``
-    naming it when nothing was selected (``threshold``, the
-    ``filter.confidence_threshold`` used, goes into that message when given),
-    when it has no probability columns, or when an id is not in ``pool``.
+    One row per selected image (:func:`selected_targets`), in the file's order. Raises
+    ``FileNotFoundError`` when the file is missing, :class:`ParquetReadError` (a ``ValueError``)
+    naming it when it is not a readable Parquet file, and ``ValueError`` naming it when nothing was
+    selected (``threshold``, the ``filter.confidence_threshold`` used, goes into that message when
+    given) or when it has no probability columns.
     """
     selected_path = Path(selected_path)
     if not selected_path.is_file():
@@ -178,6 +164,44 @@ def student_targets(
         ids, copies, probs = selected_targets(table, num_classes)
     except ValueError as exc:
         raise ValueError(f"{selected_path}: {exc}") from None
+    return table, ids, copies, probs
+
+
+def selection_stats(copies: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
+    """The student's counts of its selected images, ``copies`` ``(N,)`` and dense ``probs`` ``(N, K)``.
+
+    ``pseudo_labeled_rows`` (the sum of copies: rows per pass), ``pseudo_labeled_unique`` (``N``),
+    ``copies_sum`` (int) and ``probs_sum`` (float, before duplication), the last two as the student's
+    resume key has always hashed them.
+    """
+    return {
+        "pseudo_labeled_rows": int(copies.sum()),
+        "pseudo_labeled_unique": int(len(copies)),
+        "copies_sum": int(copies.sum()),
+        "probs_sum": float(probs.sum()),
+    }
+
+
+def student_targets(
+    selected_path: str | Path,
+    pool: ImageSet,
+    num_classes: int,
+    mode: Literal["soft", "hard"],
+    *,
+    threshold: float | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """The student's pseudo-labeled training rows from ``filter-balance``'s ``selected.parquet``.
+
+    Every selected image appears ``copies`` times (the balancing duplicates).
+    Returns ``(rows, targets, stats)``: ``rows`` ``(M,)`` int64 positions into
+    ``pool`` (``M`` = the sum of copies), ``targets`` ``(M, num_classes)``
+    float32 (:func:`targets_from_probs` in ``mode``), and ``stats``
+    (:func:`selection_stats`).
+
+    Raises the errors of :func:`read_selected`, and ``ValueError`` naming the file when an id is
+    not in ``pool``.
+    """
+    _, ids, copies, probs = read_selected(selected_path, num_classes, threshold=threshold)
     positions = pool_positions(pool.ids, ids)
     if (positions < 0).any():
         missing = ids[positions < 0].tolist()
@@ -186,13 +210,7 @@ def student_targets(
         )
     rows = np.repeat(positions, copies)
     targets = targets_from_probs(np.repeat(probs, copies, axis=0), mode)
-    stats = {
-        "pseudo_labeled_rows": int(len(rows)),
-        "pseudo_labeled_unique": int(len(ids)),
-        "copies_sum": int(copies.sum()),
-        "probs_sum": float(probs.sum()),
-    }
-    return rows, targets, stats
+    return rows, targets, selection_stats(copies, probs)
 
 
 def pool_positions(pool_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:

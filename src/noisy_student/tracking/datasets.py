@@ -73,8 +73,10 @@ class DvcDataset(MetaDataset):
 
 
 def count_rows(path: Path) -> int | None:
-    """Records in an image set (``.npz``: its labels, read from the array header only), a Parquet file or
-    a folder of Parquet shards; None for anything else."""
+    """Records in an image set (``.npz``: its labels, read from the array header only; a ``.wds`` folder: its
+    ``_info.json`` count), a Parquet file or a folder of Parquet shards; None for anything else."""
+    if path.is_dir() and (path / "_info.json").is_file():  # a WebDataset split folder: its sample count
+        return int(json.loads((path / "_info.json").read_text()).get("num_samples", 0)) or None
     if path.is_dir():
         shards = sorted(path.glob("*.parquet"))
         return sum(pq.ParquetFile(s).metadata.num_rows for s in shards) if shards else None

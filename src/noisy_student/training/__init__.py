@@ -1,7 +1,8 @@
-"""Training: the Noisy Student step (``task``), the loop (``loop``), the recipe of one run (``recipe``), FixRes."""
+"""Training: the Noisy Student step (``task``), the loop (``loop``) on host tensors or streamed shards
+(``streams``), the recipe of one run (``recipe``), FixRes."""
 
 from noisy_student.training.fixres import fixres_finetune
-from noisy_student.training.loop import EpochCallback, EvalFn, TrainData, one_hot, train_classifier
+from noisy_student.training.loop import EpochCallback, EvalFn, TrainData, epoch_steps, one_hot, train_classifier
 from noisy_student.training.recipe import (
     PlanError,
     RunLockedError,
@@ -12,6 +13,7 @@ from noisy_student.training.recipe import (
     save_training_outputs,
     train_model,
 )
+from noisy_student.training.streams import StreamedTrainData
 from noisy_student.training.task import NoisyStudentTask, joint_loss
 
 __all__ = [
@@ -21,10 +23,12 @@ __all__ = [
     "PlanError",
     "RunLockedError",
     "RunPlan",
+    "StreamedTrainData",
     "TrainData",
     "TrainResult",
     "TrainingInputs",
     "claim_run",
+    "epoch_steps",
     "fixres_finetune",
     "joint_loss",
     "one_hot",

@@ -17,6 +17,10 @@ contiguous slice of them, and trains a DDP-wrapped model whose gradients are ave
 ranks, so ``batch_size`` stays the global batch. Augmentation and dropout draw from each rank's own
 generator (``seed + rank``). Rank 0 evaluates, reports epochs and writes the resume state, which
 holds every rank's random generators.
+
+Data too large for host memory is streamed from WebDataset shards instead (``StreamedTrainData``,
+:mod:`noisy_student.training.streams`): the same loop, steps and loss, with each rank reading its own
+shards.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ from __future__ import annotations
 import pickle
 import sys
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -44,6 +49,9 @@ from noisy_student.models import ImageClassifier
 from noisy_student.noise import BatchAugment
 from noisy_student.seeds import seed_everything
 from noisy_student.training.task import Batch, NoisyStudentTask
+
+if TYPE_CHECKING:  # streams imports this module: the loop imports it when it trains streamed data
+    from noisy_student.training.streams import StreamedTrainData
 
 
 @dataclass
@@ -170,7 +178,8 @@ class _Resume:
     """The resumable training state of one run, in the file ``path``, valid only for ``key``.
 
     One file for all ranks: rank 0 writes it (model, optimizer, streams: the same on every rank) with
-    every rank's generators gathered into it; every rank reads it back and takes its own.
+    every rank's generators gathered into it; every rank reads it back and takes its own. ``rank_streams``
+    (streamed data) differ by rank: their states are gathered the same way.
     """
 
     path: Path | None
@@ -181,6 +190,7 @@ class _Resume:
     gen: torch.Generator
     device: torch.device
     world: World
+    rank_streams: dict[str, Any] = field(default_factory=dict)  # objects with state() / load(state)
 
     def load(self) -> _Progress | None:
         """The saved progress (model, optimizer, streams and RNGs restored in place), or None."""
@@ -200,12 +210,18 @@ class _Resume:
                 f"this run has {self.world.size}; starting over"
             )
             return None
+        rank_streams = state.get("rank_streams")
+        if self.rank_streams and (not isinstance(rank_streams, list) or len(rank_streams) != self.world.size):
+            tqdm.write(f"ignoring training state {self.path}: it has no streamed-data positions; starting over")
+            return None
         self.task.load_checkpoint_state(state["state_dict"])
         if self.task.has_ema() and "state_dict_ema" in state:
             self.task.load_checkpoint_state(state["state_dict_ema"], ema=True)
         self.optimizer.load_state_dict(state["optimizer"])
         for name, stream in self.streams.items():
             stream.load(state[f"{name}_stream"])
+        for name, stream in self.rank_streams.items():
+            stream.load(rank_streams[self.world.rank][name])
         self.gen.set_state(state["gen"])
         if self.world.size > 1:
             _set_rng_state(state["rank_rng"][self.world.rank], self.device)
@@ -220,6 +236,8 @@ class _Resume:
         if self.path is None:
             return
         rank_rng = distributed.gather(_rng_state(self.device)) if self.world.size > 1 else None
+        mine = {name: stream.state() for name, stream in self.rank_streams.items()}
+        rank_streams = distributed.gather(mine) if self.rank_streams else None
         if not self.world.main:
             return
         state: dict[str, Any] = {
@@ -241,6 +259,8 @@ class _Resume:
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         if rank_rng is not None:
             state.update(world_size=self.world.size, rank_rng=rank_rng)
+        if rank_streams is not None:
+            state["rank_streams"] = rank_streams
         save_torch(state, self.path)
 
     def finish(self) -> None:
@@ -303,10 +323,22 @@ class _Batches:
             return None
         return self._to_device(batch[0]), batch[1].to(self.device, non_blocking=True)
 
+    def begin_epoch(self, epoch: int, step: int) -> None:
+        """Epoch ``epoch`` starts (or resumes) at ``step``: nothing to do for endless index streams."""
+
+    def close(self) -> None:
+        """Nothing to release (a streamed source stops its loader processes)."""
+
+
+def epoch_steps(data: TrainData | StreamedTrainData, batch_size: int) -> int:
+    """Optimizer updates per epoch: full global batches of the labeled set."""
+    n = len(data.labeled_images) if isinstance(data, TrainData) else data.num_labeled
+    return batches_per_epoch(n, batch_size)
+
 
 def train_classifier(
     model: ImageClassifier,
-    data: TrainData,
+    data: TrainData | StreamedTrainData,
     optim: OptimParams,
     noise: NoiseParams,
     *,
@@ -343,6 +375,10 @@ def train_classifier(
     docstring): ``device`` is this rank's, ``optim.batch_size`` must divide by the number of ranks,
     and ``eval_fn`` / ``on_epoch`` run on rank 0 only while the others wait. ``sync_batchnorm``
     (CUDA only) synchronizes batch-norm statistics over the ranks.
+
+    ``data``: host tensors (:class:`TrainData`) or shard folders read while training
+    (:class:`~noisy_student.training.streams.StreamedTrainData`; steps per epoch from its
+    ``num_labeled``, each rank streaming its own shards; resume exact as that module says).
     """
     if not labeled_in_batch and not data.has_unlabeled:
         raise ValueError("labeled_in_batch=False needs pseudo-labeled images")
@@ -356,19 +392,31 @@ def train_classifier(
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    if device.type == "cuda":
+    if device.type == "cuda" and isinstance(data, TrainData):
         data = _resident(data, device)
     task = NoisyStudentTask(model, unlabeled_model_noise=pseudo.unlabeled_model_noise, device=device)
     if optim.ema_decay > 0:
         task.setup_ema(decay=optim.ema_decay, use_warmup=True)  # of the plain module, before any wrapping
-    steps_per_epoch = batches_per_epoch(len(data.labeled_images), optim.batch_size)
+    steps_per_epoch = epoch_steps(data, optim.batch_size)
     optimizer, scheduler = _optimization(model, optim, steps_per_epoch)
-    streams = {"labeled": _Stream(len(data.labeled_images), gen)}
-    if data.has_unlabeled:
-        streams["unlabeled"] = _Stream(len(data.unlabeled_images), gen)
     u_batch = optim.batch_size * unlabeled_ratio if data.has_unlabeled else 0
-    batches = _Batches(data, streams, pseudo, optim.batch_size, u_batch, labeled_in_batch, device, channels_last, world)
-    resume = _Resume(checkpoint_path, checkpoint_key, task, optimizer, streams, gen, device, world)
+    batches: _Batches
+    if isinstance(data, TrainData):
+        streams = {"labeled": _Stream(len(data.labeled_images), gen)}
+        if data.has_unlabeled:
+            streams["unlabeled"] = _Stream(len(data.unlabeled_images), gen)
+        batches = _Batches(
+            data, streams, pseudo, optim.batch_size, u_batch, labeled_in_batch, device, channels_last, world
+        )
+        rank_streams: dict[str, Any] = {}
+    else:
+        from noisy_student.training.streams import StreamedBatches
+
+        batches = StreamedBatches(
+            data, pseudo, optim.batch_size, u_batch, labeled_in_batch, device, channels_last, world, seed
+        )
+        streams, rank_streams = {}, {"streamed": batches}
+    resume = _Resume(checkpoint_path, checkpoint_key, task, optimizer, streams, gen, device, world, rank_streams)
     progress = resume.load()
     at = -1 if progress is None else progress.epoch * steps_per_epoch + progress.step
     if not distributed.same_on_every_rank(at):
@@ -393,7 +441,7 @@ def train_classifier(
         disable=not world.main,
     )
     mark_step = _xla_mark_step() if device.type == "xla" else None
-    with distributed.data_parallel(task, model, sync_batchnorm=sync_batchnorm):
+    with distributed.data_parallel(task, model, sync_batchnorm=sync_batchnorm), closing(batches):
         if optim.compile:
             task.forward_module = torch.compile(task.trainable_module)
         model.train()
@@ -401,6 +449,7 @@ def train_classifier(
             epoch = progress.epoch
             if progress.step == 0:
                 progress.loss_sum, progress.seen = 0.0, 0
+            batches.begin_epoch(epoch, progress.step)
             for step in range(progress.step, steps_per_epoch):
                 labeled, unlabeled, images = batches.next()
                 with autocast(device, amp_dtype):

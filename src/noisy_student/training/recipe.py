@@ -45,6 +45,7 @@ from noisy_student.report.charts import training_curves
 from noisy_student.seeds import seed_everything, seed_for
 from noisy_student.training.fixres import fixres_finetune
 from noisy_student.training.loop import EpochCallback, TrainData, one_hot, train_classifier
+from noisy_student.training.streams import StreamedTrainData
 
 
 class PlanError(ValueError):
@@ -115,17 +116,21 @@ class RunPlan:
             sync_batchnorm=params.distributed.sync_batchnorm,
         )
 
-    def key(self, data: TrainData) -> str:
+    def key(self, data: TrainData | StreamedTrainData) -> str:
         """A short hash of the plan and the training tensors' content: what a resume file is valid for.
 
         The distributed fields count only when they are not the single process's defaults, so a
-        one-process run keeps the key it always had.
+        one-process run keeps the key it always had. Streamed data counts by its
+        :meth:`~noisy_student.training.streams.StreamedTrainData.content_key`.
         """
         plan = asdict(self)
         for name, single in (("processes", 1), ("sync_batchnorm", False)):
             if plan[name] == single:
                 del plan[name]
         digest = hashlib.sha256(json.dumps(_jsonable(plan), sort_keys=True).encode())
+        if isinstance(data, StreamedTrainData):
+            digest.update(data.content_key().encode())
+            return digest.hexdigest()[:16]
         for t in (data.labeled_images, data.labeled_targets, data.unlabeled_images, data.unlabeled_targets):
             if t is not None:
                 digest.update(str((tuple(t.shape), t.dtype)).encode())
@@ -148,13 +153,30 @@ class TrainingInputs:
     ``labeled`` / ``test``: uint8 image sets; ``unlabeled_images``: uint8
     ``(N, C, H, W)`` pseudo-labeled rows (repeated as filter-balance says),
     ``unlabeled_targets``: their ``(N, K)`` float targets (None for a teacher).
+
+    Streamed (``data.format: wds``): ``labeled`` is None and ``streamed`` names the shard folders
+    and the keyed pseudo labels; ``normalization`` is the labeled split's per-channel
+    ``(mean, std)`` in 0..1 (:func:`~noisy_student.training.sources.shard_channel_stats`). The test
+    set stays in memory either way.
     """
 
-    labeled: ImageSet
+    labeled: ImageSet | None
     test: ImageSet
     num_classes: int
     unlabeled_images: torch.Tensor | None = None
     unlabeled_targets: torch.Tensor | None = None
+    streamed: StreamedTrainData | None = None
+    normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.labeled is None) == (self.streamed is None):
+            raise ValueError("TrainingInputs: give the labeled image set or the streamed data, not both or neither")
+        if self.streamed is not None and self.normalization is None:
+            raise ValueError("TrainingInputs: streamed data needs the labeled split's normalization (mean, std)")
+
+    @property
+    def channels(self) -> int:
+        return self.streamed.channels if self.streamed is not None else self.labeled.channels  # type: ignore[union-attr]
 
 
 @dataclass
@@ -194,12 +216,16 @@ def build_model(
     plan: RunPlan, inputs: TrainingInputs, warm_start: Mapping[str, torch.Tensor] | None = None
 ) -> tuple[ImageClassifier, ModelSpec]:
     """The freshly initialised network of ``plan`` (seeded), size-checked and warm-started as planned."""
-    mean, std = channel_stats(inputs.labeled.images)
+    if inputs.normalization is not None:
+        mean, std = inputs.normalization
+    else:
+        assert inputs.labeled is not None
+        mean, std = channel_stats(inputs.labeled.images)
     seed_everything(seed_for(plan.seed, "init"))
     model, spec = create_classifier(
         plan.model,
         inputs.num_classes,
-        inputs.labeled.channels,
+        inputs.channels,
         mean,
         std,
         drop_rate=plan.noise.dropout,
@@ -222,9 +248,12 @@ def build_model(
     return model, spec
 
 
-def training_data(plan: RunPlan, inputs: TrainingInputs) -> TrainData:
+def training_data(plan: RunPlan, inputs: TrainingInputs) -> TrainData | StreamedTrainData:
     """The tensors the loop trains on: uint8 labeled images with their (smoothed) one-hot targets, and
-    the pseudo-labeled rows."""
+    the pseudo-labeled rows; or the shard folders it streams, with the plan's label smoothing."""
+    if inputs.streamed is not None:
+        return replace(inputs.streamed, label_smoothing=plan.optim.label_smoothing)
+    assert inputs.labeled is not None
     return TrainData(
         images_tensor(inputs.labeled.images),
         one_hot(inputs.labeled.labels, inputs.num_classes, smoothing=plan.optim.label_smoothing),
@@ -338,6 +367,8 @@ def train_model(
         return {"test_top1": acc["top1"], "test_top5": acc["top5"]}
 
     data = training_data(plan, inputs)
+    if plan.fixres is not None and isinstance(data, StreamedTrainData):  # params validation refuses it first
+        raise PlanError("student.fixres.epochs > 0 needs data.format: npz (FixRes finetunes on host tensors)")
     key = key or plan.key(data)
     start = time.perf_counter()
     final, history = train_classifier(
@@ -358,9 +389,14 @@ def train_model(
         sync_batchnorm=plan.sync_batchnorm,
     )
     if plan.finetune_epochs:
+        labeled_only = (
+            replace(data, unlabeled=None, pseudo=None)
+            if isinstance(data, StreamedTrainData)
+            else TrainData(data.labeled_images, data.labeled_targets)
+        )
         final, tuned = train_classifier(
             final,
-            TrainData(data.labeled_images, data.labeled_targets),
+            labeled_only,
             plan.optim.model_copy(update={"epochs": plan.finetune_epochs, "warmup_epochs": 0}),
             plan.noise,
             device=device,

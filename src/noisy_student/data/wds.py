@@ -1,0 +1,459 @@
+"""Prepared splits as WebDataset tar shards (``data.format: wds``): writing, listing and reading them back.
+
+One split is a folder ``<split>.wds`` (e.g. ``data/prepared/labeled.wds``)::
+
+    <split>-000000.tar, <split>-000001.tar, ...   shards of ``shard_size`` samples (the last may hold fewer)
+    _info.json                                    timm's wds info: the split's tar names and sample counts
+
+Each sample of a tar holds, under the key ``f"{id:010d}"`` (the prepared image id):
+
+- ``png``: the uint8 image, lossless (PIL mode ``L`` for ``(H, W)``, ``RGB`` for ``(H, W, 3)``), so
+  decoding returns the array an ``.npz`` would hold, bit for bit;
+- ``cls``: the ASCII class index, ``-1`` when unknown;
+- ``json``: ``{"id": int, "label": int, "source": str}``.
+
+Samples keep the order they were written in (a split's order is its ImageSet's row order), and tar
+j of a split is the j-th name in ``_info.json``. timm reads the folder with
+``create_dataset("wds/<split>", root=<folder>, split="<split>")``; :func:`iter_tar` reads one tar
+in file order (for labelling: timm's reader may duplicate or skip samples when evaluating
+distributed), :func:`read_wds_imageset` a whole split into memory (test sets).
+
+Tars carry a fixed mtime and owner and PNGs are encoded by the installed PIL, so writing the same
+images twice gives the same bytes (DVC sees no change).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from noisy_student.data.imageset import ImageSet, load_imageset
+
+INFO_FILE = "_info.json"
+WDS_SUFFIX = ".wds"
+FORMATS = ("npz", "wds")
+# ids are written as 10 zero-padded digits: every key of a split has the same length and sorts as its id
+KEY_DIGITS = 10
+_PNG_MODES = {1: "L", 3: "RGB"}
+# fixed tar metadata: the bytes of a tar depend on its samples only
+_TAR_MTIME = 0.0
+_TAR_OWNER = "noisy-student"
+
+
+class WdsDataError(ValueError):
+    """A ``.wds`` split folder or one of its tars is not what was written; the message names the file."""
+
+
+@dataclass(frozen=True)
+class WdsInfo:
+    """The content of a split folder's ``_info.json``.
+
+    ``filenames``: the tar files (names inside the folder) in sample order;
+    ``shard_lengths``: the samples in each, summing to ``num_samples``.
+    """
+
+    split: str
+    num_samples: int
+    filenames: tuple[str, ...]
+    shard_lengths: tuple[int, ...]
+
+    def paths(self, folder: str | Path) -> list[Path]:
+        """The tar files of the split folder ``folder``, in sample order."""
+        return [Path(folder) / name for name in self.filenames]
+
+    def to_json(self) -> dict[str, Any]:
+        """timm's wds info format (``timm.data.readers.reader_wds``): one split named like the dataset."""
+        split = {
+            "name": self.split,
+            "num_samples": self.num_samples,
+            "filenames": list(self.filenames),
+            "shard_lengths": list(self.shard_lengths),
+        }
+        return {"name": self.split, "num_samples": self.num_samples, "splits": {self.split: split}}
+
+
+@dataclass(frozen=True)
+class WdsSample:
+    """One image of a split: ``image`` uint8 ``(H, W)`` or ``(H, W, 3)``; ``label`` -1 when unknown."""
+
+    key: str
+    image: np.ndarray
+    label: int
+    id: int
+    source: str
+
+    @classmethod
+    def of(cls, image: np.ndarray, label: int, id: int, source: str) -> WdsSample:
+        """A sample keyed by its id (:func:`sample_key`)."""
+        return cls(sample_key(id), image, int(label), int(id), str(source))
+
+
+def sample_key(image_id: int) -> str:
+    """The ``__key__`` of an image id: ``7`` -> ``"0000000007"``; ValueError outside 0 .. 10**10 - 1."""
+    image_id = int(image_id)
+    if not 0 <= image_id < 10**KEY_DIGITS:
+        raise ValueError(f"image id {image_id}: expected 0 <= id < {10**KEY_DIGITS:,} to form a {KEY_DIGITS}-digit key")
+    return f"{image_id:0{KEY_DIGITS}d}"
+
+
+def tar_name(split: str, index: int) -> str:
+    """Tar ``index`` of a split: ``("labeled", 3)`` -> ``"labeled-000003.tar"``."""
+    return f"{split}-{index:06d}.tar"
+
+
+def split_path(prepared: str | Path, split: str, format: str) -> Path:
+    """Where ``prepare`` writes a split: ``data/prepared/labeled.npz`` (npz) or ``data/prepared/labeled.wds`` (wds)."""
+    if format not in FORMATS:
+        raise ValueError(f"data.format: {format!r}; expected one of {FORMATS}")
+    return Path(prepared) / f"{split}.{format}"
+
+
+def load_split(prepared: str | Path, split: str, format: str) -> ImageSet:
+    """A prepared split in memory, whichever ``format`` it was written in (npz file or wds folder)."""
+    path = split_path(prepared, split, format)
+    return load_imageset(path) if format == "npz" else read_wds_imageset(path)
+
+
+# --- writing ---------------------------------------------------------------------------------------
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """A uint8 ``(H, W)`` or ``(H, W, 3)`` array as lossless PNG bytes (mode ``L`` or ``RGB``)."""
+    if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
+        raise ValueError(f"image: expected uint8 (H, W) or (H, W, 3), got {image.dtype} {image.shape}")
+    mode = _PNG_MODES[1 if image.ndim == 2 else 3]
+    with io.BytesIO() as buf:
+        Image.fromarray(np.ascontiguousarray(image), mode).save(buf, format="PNG")
+        return buf.getvalue()
+
+
+def _temp_prefix(folder: Path) -> str:
+    return f".{folder.name}."
+
+
+def _remove_stale_temps(folder: Path) -> None:
+    # one writer per folder at a time (a DVC stage, or one shard command): older temps are a killed run's
+    for stale in folder.parent.glob(f"{_temp_prefix(folder)}*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _check_replaceable(folder: Path) -> None:
+    """Refuse to replace anything but an earlier split folder (a typo must not delete someone's folder)."""
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise WdsDataError(f"{folder}: exists and is not a folder; expected a {WDS_SUFFIX} split folder to replace")
+    if any(folder.iterdir()) and not (folder / INFO_FILE).is_file():
+        raise WdsDataError(
+            f"{folder}: a non-empty folder without {INFO_FILE}; expected nothing there or an earlier "
+            f"{WDS_SUFFIX} split folder (refusing to replace it)"
+        )
+
+
+@contextmanager
+def _atomic_folder(folder: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside ``folder``; on success it replaces ``folder`` (an earlier one is removed)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    _check_replaceable(folder)
+    _remove_stale_temps(folder)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=_temp_prefix(folder), suffix=".tmp"))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders; give it a plain mkdir's mode
+        if folder.exists():
+            # two renames: the old folder leaves in one step, so readers see the old or the new split, not a mix
+            old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=_temp_prefix(folder), suffix=".tmp"))
+            os.replace(folder, old / folder.name)
+            os.replace(tmp, folder)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+class WdsWriter:
+    """Stream samples into a split folder: ``with WdsWriter(folder, split, shard_size) as w: w.write(s)``.
+
+    Tars are written into a temporary folder beside ``folder`` (:attr:`tmp`, where callers may add
+    files of their own, e.g. ``classes.json``); leaving the block without an error writes
+    ``_info.json`` and renames the temporary folder to ``folder``, replacing an earlier split folder.
+    An error leaves ``folder`` as it was. Only one tar is open at a time: memory does not grow with
+    the split. Every sample must have the first one's image shape; keys must be unique.
+    """
+
+    def __init__(self, folder: str | Path, split: str, shard_size: int) -> None:
+        if not split or "/" in split or split != split.strip():
+            raise ValueError(f"split {split!r}: expected a plain name such as 'labeled'")
+        if shard_size < 1:
+            raise ValueError(f"data.wds_shard_size: {shard_size}; expected at least 1 sample per tar")
+        self.folder, self.split, self.shard_size = Path(folder), split, shard_size
+        self.tmp: Path = self.folder  # set by __enter__
+        self._context: Any = None
+        self._tar: Any = None
+        self._lengths: list[int] = []
+        self._keys: set[str] = set()
+        self._shape: tuple[int, ...] | None = None
+        self.info: WdsInfo | None = None  # set on a successful exit
+
+    def __enter__(self) -> WdsWriter:
+        self._context = _atomic_folder(self.folder)
+        self.tmp = self._context.__enter__()
+        return self
+
+    def write(self, sample: WdsSample) -> None:
+        """Append one sample to the current tar (a new tar starts every ``shard_size`` samples)."""
+        if sample.key in self._keys:
+            raise ValueError(f"{self.folder}: key {sample.key} (id {sample.id}) written twice; expected unique ids")
+        if self._shape is None:
+            self._shape = sample.image.shape
+        elif sample.image.shape != self._shape:
+            raise ValueError(
+                f"{self.folder}: image {sample.key} has shape {sample.image.shape}; "
+                f"expected every image of the split to have the first one's {self._shape}"
+            )
+        if self._tar is None or self._lengths[-1] == self.shard_size:
+            self._next_tar()
+        meta = {"id": int(sample.id), "label": int(sample.label), "source": str(sample.source)}
+        self._tar.write(
+            {
+                "__key__": sample.key,
+                "png": encode_png(sample.image),
+                "cls": str(int(sample.label)).encode("ascii"),
+                "json": json.dumps(meta, sort_keys=True).encode("utf-8"),
+            }
+        )
+        self._keys.add(sample.key)
+        self._lengths[-1] += 1
+
+    def _next_tar(self) -> None:
+        import webdataset  # imported here: reading npz splits never needs it
+
+        self._close_tar()
+        path = self.tmp / tar_name(self.split, len(self._lengths))
+        # encoder=False: every field is already bytes, encoded above exactly as documented
+        self._tar = webdataset.TarWriter(
+            open(path, "wb"), encoder=False, mtime=_TAR_MTIME, user=_TAR_OWNER, group=_TAR_OWNER
+        )
+        self._lengths.append(0)
+
+    def _close_tar(self) -> None:
+        if self._tar is not None:
+            self._tar.close()
+            self._tar.stream.close()  # TarWriter closes only files it opened itself
+            self._tar = None
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            self._close_tar()
+            if exc_type is None:
+                self._finish()
+        except BaseException:
+            self._context.__exit__(*sys.exc_info())  # discards the temporary folder
+            raise
+        self._context.__exit__(exc_type, exc, tb)
+
+    def _finish(self) -> None:
+        if not self._lengths:
+            raise ValueError(f"{self.folder}: no sample to write; expected at least one image")
+        names = tuple(tar_name(self.split, j) for j in range(len(self._lengths)))
+        info = WdsInfo(self.split, sum(self._lengths), names, tuple(self._lengths))
+        (self.tmp / INFO_FILE).write_text(json.dumps(info.to_json(), indent=2) + "\n")
+        self.info = info
+
+
+def write_wds_samples(folder: str | Path, split: str, samples: Iterable[WdsSample], shard_size: int) -> WdsInfo:
+    """Write ``samples`` (any iterable, consumed once) as the split folder ``folder``; return its info."""
+    with WdsWriter(folder, split, shard_size) as writer:
+        for sample in samples:
+            writer.write(sample)
+    assert writer.info is not None
+    return writer.info
+
+
+def imageset_samples(data: ImageSet) -> Iterator[WdsSample]:
+    """The rows of an ImageSet as samples, in row order."""
+    for image, label, image_id, source in zip(data.images, data.labels, data.ids, data.source, strict=True):
+        yield WdsSample.of(image, int(label), int(image_id), str(source))
+
+
+def write_wds(folder: str | Path, split: str, data: ImageSet, shard_size: int) -> WdsInfo:
+    """Write an in-memory split as the folder ``folder`` (``<split>-NNNNNN.tar`` + ``_info.json``), atomically."""
+    return write_wds_samples(folder, split, imageset_samples(data), shard_size)
+
+
+# --- reading ---------------------------------------------------------------------------------------
+
+
+def read_info(folder: str | Path, split: str | None = None) -> WdsInfo:
+    """The ``_info.json`` of a split folder, checked: counts add up and every listed tar exists.
+
+    ``split``: which split of the file to read; None takes the only one. Raises
+    ``FileNotFoundError`` for a missing folder, ``_info.json`` or tar, :class:`WdsDataError` for
+    content that is not what :class:`WdsWriter` writes; messages name the file.
+    """
+    folder = Path(folder)
+    path = folder / INFO_FILE
+    if not path.is_file():
+        what = f"{folder} does not exist" if not folder.exists() else f"{path} not found"
+        raise FileNotFoundError(
+            f"{what}: expected a {WDS_SUFFIX} split folder with {INFO_FILE} "
+            "(written by the 'prepare' stage with data.format: wds, or by `noisy-student shard`)"
+        )
+    try:
+        raw = json.loads(path.read_text())
+        splits = raw["splits"]
+        if split is None:
+            if len(splits) != 1:
+                raise WdsDataError(f"{path}: {len(splits)} splits {sorted(splits)}; expected one, or name the split")
+            split = next(iter(splits))
+        if split not in splits:
+            raise WdsDataError(f"{path}: no split {split!r} (have {sorted(splits)})")
+        entry = splits[split]
+        info = WdsInfo(
+            str(entry.get("name", split)),
+            int(entry["num_samples"]),
+            tuple(str(f) for f in entry["filenames"]),
+            tuple(int(n) for n in entry["shard_lengths"]),
+        )
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        if isinstance(exc, WdsDataError):
+            raise
+        raise WdsDataError(
+            f"{path}: unreadable ({type(exc).__name__}: {exc}); expected timm's wds info: "
+            '{"name", "num_samples", "splits": {"<split>": {"name", "num_samples", "filenames", "shard_lengths"}}}'
+        ) from None
+    if len(info.filenames) != len(info.shard_lengths) or sum(info.shard_lengths) != info.num_samples:
+        raise WdsDataError(
+            f"{path}: split {split!r} lists {len(info.filenames)} tars with shard_lengths {list(info.shard_lengths)} "
+            f"and num_samples {info.num_samples}; expected one length per tar, summing to num_samples"
+        )
+    for tar in info.paths(folder):
+        if not tar.is_file():
+            raise FileNotFoundError(f"{tar}: listed in {path} but missing; expected the split's tar file")
+    return info
+
+
+def tar_paths(folder: str | Path) -> list[Path]:
+    """The tar files of a split folder in sample order (input shard j = the j-th), checked by :func:`read_info`."""
+    return read_info(folder).paths(folder)
+
+
+def decode_png(data: bytes, where: str) -> np.ndarray:
+    """PNG bytes -> uint8 ``(H, W)`` (mode ``L``) or ``(H, W, 3)`` (``RGB``); ``where`` names the sample in errors."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.mode not in ("L", "RGB"):
+                raise ValueError(f"PIL mode {img.mode}")
+            return np.array(img, dtype=np.uint8)
+    except Exception as exc:  # a damaged member: name it rather than surface PIL's anonymous error
+        raise WdsDataError(f"{where}: cannot decode the png ({exc}); expected a mode L or RGB PNG") from None
+
+
+def _sample(path: Path, key: str, fields: dict[str, bytes]) -> WdsSample:
+    where = f"{path}: sample {key}"
+    missing = [f for f in ("png", "cls", "json") if f not in fields]
+    if missing:
+        raise WdsDataError(f"{where} has no {'/'.join(missing)} member; expected {key}.png, {key}.cls, {key}.json")
+    try:
+        meta = json.loads(fields["json"])
+        label, image_id, source = int(meta["label"]), int(meta["id"]), str(meta["source"])
+        cls = int(fields["cls"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise WdsDataError(f"{where}: bad cls/json ({exc}); expected an integer cls and id/label/source") from None
+    if cls != label or sample_key(image_id) != key:
+        raise WdsDataError(f"{where}: cls {cls}, json {meta}; expected cls == json label and key == the zero-padded id")
+    return WdsSample(key, decode_png(fields["png"], where), label, image_id, source)
+
+
+def iter_tar(path: str | Path) -> Iterator[WdsSample]:
+    """The samples of one tar in file order, decoded (``image`` uint8 ``(H, W)`` or ``(H, W, 3)``).
+
+    Reads the tar sequentially (tarfile stream mode), one sample in memory at a time. A member
+    name is ``<key>.<field>``; a sample's members are consecutive, as :class:`WdsWriter` writes
+    them. Raises :class:`WdsDataError` naming the tar and key for anything else.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: tar file not found; expected a shard of a {WDS_SUFFIX} split folder")
+    key: str | None = None
+    fields: dict[str, bytes] = {}
+    seen: set[str] = set()
+    try:
+        with tarfile.open(path, mode="r|") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                name = member.name.rsplit("/", 1)[-1]
+                base, dot, field = name.partition(".")
+                if not dot:
+                    raise WdsDataError(f"{path}: member {member.name} has no extension; expected <key>.<field>")
+                if base != key:
+                    if key is not None:
+                        yield _sample(path, key, fields)
+                    if base in seen:
+                        raise WdsDataError(f"{path}: sample {base} appears twice; expected each key once")
+                    seen.add(base)
+                    key, fields = base, {}
+                handle = tar.extractfile(member)
+                assert handle is not None  # a regular file
+                fields[field] = handle.read()
+    except tarfile.TarError as exc:
+        raise WdsDataError(f"{path}: not a readable tar file ({exc})") from None
+    if key is not None:
+        yield _sample(path, key, fields)
+
+
+def read_wds_imageset(folder: str | Path) -> ImageSet:
+    """Decode a whole split folder into memory, in sample order: the ImageSet that was written, array for array.
+
+    Checks each tar's sample count against ``_info.json`` (a :class:`WdsDataError` names the tar).
+    Memory: ``num_samples * H * W * C`` bytes, as the npz would take.
+    """
+    folder = Path(folder)
+    info = read_info(folder)
+    images: np.ndarray | None = None
+    labels = np.empty(info.num_samples, dtype=np.int64)
+    ids = np.empty(info.num_samples, dtype=np.int64)
+    sources: list[str] = []
+    row = 0
+    for tar, expected in zip(info.paths(folder), info.shard_lengths, strict=True):
+        count = 0
+        for sample in iter_tar(tar):
+            if row >= info.num_samples:
+                raise WdsDataError(f"{tar}: more samples than {folder / INFO_FILE} lists ({info.num_samples} in all)")
+            if images is None:
+                images = np.empty((info.num_samples, *sample.image.shape), dtype=np.uint8)
+            elif sample.image.shape != images.shape[1:]:
+                raise WdsDataError(
+                    f"{tar}: sample {sample.key} is {sample.image.shape}; expected {images.shape[1:]} like the first"
+                )
+            images[row], labels[row], ids[row] = sample.image, sample.label, sample.id
+            sources.append(sample.source)
+            row += 1
+            count += 1
+        if count != expected:
+            raise WdsDataError(f"{tar}: {count} samples; expected {expected} (shard_lengths in {folder / INFO_FILE})")
+    if images is None:
+        raise WdsDataError(f"{folder / INFO_FILE}: no samples; expected a split of at least one image")
+    return ImageSet(images, labels, ids, np.array(sources, dtype=str))

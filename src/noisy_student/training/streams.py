@@ -1,0 +1,435 @@
+"""Training batches streamed from WebDataset shards (``data.format: wds``) instead of host tensors.
+
+The labeled images come through timm's wds reader (``create_dataset("wds/<split>", ...)``) in a
+torch ``DataLoader`` with ``workers`` processes per rank; timm shuffles the tars with a seed shared
+by every rank, gives each of the ``ranks x workers`` readers its own tars (no overlap) and shuffles
+samples in a buffer. The pseudo-labeled images are read with webdataset from the unlabeled tars that
+hold a selected key (:class:`~noisy_student.pseudo_labels.keyed.KeyedTargets`), each selected image
+``copies`` times per pass, with its dense target row. Epochs are still counted on the labeled set:
+``num_labeled // batch_size`` steps, as for the in-memory :class:`~noisy_student.training.loop.TrainData`.
+
+Resume (``optim.checkpoint_steps``) is exact. Every epoch's labeled order is a function of
+``(seed, epoch, rank, workers)`` only (the reader is built afresh each epoch), so a resumed run
+rebuilds the saved epoch's stream and skips the batches already trained on; the pseudo-labeled
+stream is endless in passes whose order is a function of ``(seed, pass, rank, workers)``, and its
+state is ``(pass, samples consumed)`` per rank. The DataLoader hands batches out round-robin over
+its workers in a fixed order, so this holds with ``workers > 0`` too (tested with 0 and 2). Skipping
+re-reads and decodes the skipped part: resuming costs up to one epoch's labeled reading and one
+pass's pseudo-labeled reading. A resume with another ``workers`` count continues, but its
+remaining epoch and pass are not the ones an uninterrupted run would have read (a warning says so).
+
+Coverage: with the tars split evenly over the ``ranks x workers`` readers, every labeled image is
+read once per epoch. timm makes every reader yield the same number of samples
+(``ceil(N / readers)``, rounded up to whole batches), so with uneven tars some images repeat and some
+wait for the next epoch. A rank's pseudo-labeled pass covers its tars (tars of pass ``p`` are shared
+out after a shuffle seeded by ``(seed, p)``); ranks move to their next pass independently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+from timm.data import create_dataset
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from tqdm.auto import tqdm
+
+from noisy_student.config import StudentNoiseParams
+from noisy_student.data.wds import INFO_FILE, read_info
+from noisy_student.distributed import World
+from noisy_student.pseudo_labels.keyed import KeyedTargets
+from noisy_student.training.loop import _Batches, one_hot
+from noisy_student.training.task import Batch
+
+IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")  # a sample's image: the first of these it holds
+PIL_MODES = {1: "L", 3: "RGB"}
+# random streams of one run, mixed with its seed so the two never share a generator
+_LABELED, _PSEUDO = 1, 2
+
+
+@dataclass(frozen=True)
+class StreamedTrainData:
+    """Training data read from ``.wds`` shard folders while training (the in-memory twin is ``TrainData``).
+
+    ``labeled``: the labeled shard folder (its ``_info.json`` lists split ``labeled_split``'s tars);
+    ``num_labeled``: its sample count, which sets the steps per epoch; ``channels``: 1 (grey, PIL
+    mode ``L``) or 3 (RGB); labeled targets are one-hot over ``num_classes`` with ``label_smoothing``.
+    ``unlabeled`` + ``pseudo``: the unlabeled shard folder and the selected keys with their targets and
+    copies (a student; None for a teacher). ``workers``: DataLoader processes per rank for each of the
+    two streams (0: read in the training process). ``shuffle_buffer``: samples each reader shuffles
+    in (decoded images for the pseudo-labeled stream, so it bounds memory: buffer x image bytes).
+    """
+
+    labeled: Path
+    num_labeled: int
+    channels: int
+    num_classes: int
+    label_smoothing: float = 0.0
+    workers: int = 0
+    labeled_split: str = "labeled"
+    unlabeled: Path | None = None
+    pseudo: KeyedTargets | None = None
+    shuffle_buffer: int = 2048
+
+    def __post_init__(self) -> None:
+        if self.channels not in PIL_MODES:
+            raise ValueError(f"StreamedTrainData.channels must be 1 or 3, got {self.channels}")
+        if self.num_labeled < 1:
+            raise ValueError(f"StreamedTrainData.num_labeled must be >= 1, got {self.num_labeled} ({self.labeled})")
+        if self.workers < 0 or self.shuffle_buffer < 1:
+            raise ValueError(f"workers must be >= 0 and shuffle_buffer >= 1, got {self.workers}, {self.shuffle_buffer}")
+        if (self.unlabeled is None) != (self.pseudo is None):
+            raise ValueError("StreamedTrainData needs unlabeled (the shard folder) and pseudo (the keys), or neither")
+
+    @property
+    def has_unlabeled(self) -> bool:
+        return self.pseudo is not None and len(self.pseudo) > 0
+
+    def labeled_tars(self) -> list[str]:
+        """The labeled split's tar names, in ``_info.json`` order."""
+        return split_tars(self.labeled, self.labeled_split)
+
+    def content_key(self) -> str:
+        """A hash of what this data trains on, for resume keys: the labeled ``_info.json``, every tar read
+        (name, size, modification time: rewritten shards give a new key without reading them), the
+        pseudo labels (keys, tars, targets, copies), channels, classes and smoothing."""
+        digest = hashlib.sha256(
+            json.dumps([self.num_labeled, self.channels, self.num_classes, self.label_smoothing]).encode()
+        )
+        digest.update((self.labeled / INFO_FILE).read_bytes())
+        tars = [(self.labeled, name) for name in self.labeled_tars()]
+        if self.pseudo is not None and self.unlabeled is not None:
+            tars += [(self.unlabeled, name) for name in sorted(set(self.pseudo.shards.tolist()))]
+            for array in (self.pseudo.keys, self.pseudo.shards):
+                digest.update("\n".join(map(str, array.tolist())).encode())
+            digest.update(np.ascontiguousarray(self.pseudo.targets, dtype=np.float32).tobytes())
+            digest.update(np.ascontiguousarray(self.pseudo.copies, dtype=np.int64).tobytes())
+        for folder, name in tars:
+            stat = (folder / name).stat()
+            digest.update(f"{folder.name}/{name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+        return digest.hexdigest()[:16]
+
+
+def split_tars(folder: Path, split: str) -> list[str]:
+    """Tar names of ``split`` in the shard folder ``folder``'s ``_info.json`` (checked by :func:`read_info`)."""
+    return list(read_info(folder, split).filenames)
+
+
+def _mix(*values: int) -> int:
+    """One 32-bit seed from several integers (run seed, purpose, epoch / pass, rank, reader)."""
+    return int(np.random.SeedSequence([v & 0xFFFFFFFF for v in values]).generate_state(1)[0])
+
+
+def image_tensor(image: Image.Image) -> torch.Tensor:
+    """A decoded PIL image (mode ``L`` or ``RGB``) -> uint8 ``(C, H, W)``."""
+    array = np.array(image)  # a writable copy: torch.from_numpy warns on PIL's read-only buffer
+    if array.ndim == 2:
+        return torch.from_numpy(array).unsqueeze(0)
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def _reader_count(tars: int, world: World, workers: int, folder: Path) -> int:
+    """The workers each rank can use: every reader (rank x worker) needs a tar of its own (timm's reader
+    yields nothing for a reader without one, and its rank would run short of batches); fewer workers
+    than asked when the tars are few."""
+    if tars < world.size:
+        raise ValueError(f"{folder} has {tars} tar(s) for {world.size} training processes: write smaller shards")
+    if workers > tars // world.size:
+        usable = tars // world.size
+        tqdm.write(f"{folder}: {tars} tar(s) over {world.size} process(es) x {workers} workers; using {usable} workers")
+        return usable
+    return workers
+
+
+def labeled_loader(
+    data: StreamedTrainData, epoch: int, batch: int, seed: int, world: World, workers: int, pin_memory: bool = False
+) -> DataLoader:
+    """Epoch ``epoch``'s labeled batches of this rank: uint8 ``(batch, C, H, W)`` and int64 ``(batch,)`` classes.
+
+    timm's wds reader (training mode: shard shuffle shared by the ranks, sample shuffle per reader) built
+    afresh for the epoch, so the epoch's order depends on ``(seed, epoch, rank, workers)`` only. Yields at
+    least ``num_labeled // (batch x ranks)`` batches.
+    """
+    dataset = create_dataset(
+        f"wds/{data.labeled_split}",
+        root=str(data.labeled),
+        split=data.labeled_split,
+        is_training=True,
+        batch_size=batch,
+        num_samples=data.num_labeled,
+        seed=_mix(seed, _LABELED, epoch),
+        input_img_mode=PIL_MODES[data.channels],
+        transform=image_tensor,
+        sample_shuffle_size=data.shuffle_buffer,
+        sample_initial_size=data.shuffle_buffer,
+    )
+    dataset.set_epoch(epoch)
+    dataset.set_loader_cfg(num_workers=workers)
+    return DataLoader(
+        dataset,
+        batch_size=batch,
+        num_workers=workers,
+        drop_last=True,
+        pin_memory=pin_memory,
+        # the workers' seeds come from here, not from torch's global generator (augmentation draws from it)
+        generator=torch.Generator().manual_seed(_mix(seed, _LABELED, epoch, world.rank)),
+    )
+
+
+def _decode(sample: dict[str, Any], mode: str) -> torch.Tensor:
+    """A webdataset sample's image as uint8 ``(C, H, W)`` in PIL ``mode``."""
+    data = next((sample[ext] for ext in IMAGE_EXTENSIONS if ext in sample), None)
+    if data is None:
+        where = f"sample {sample.get('__key__')} in {sample.get('__url__')}"
+        raise ValueError(f"{where} has no image ({'/'.join(IMAGE_EXTENSIONS)})")
+    with Image.open(io.BytesIO(data)) as image:
+        return image_tensor(image.convert(mode))
+
+
+class _PseudoPass(IterableDataset):
+    """One pass of this rank's pseudo-labeled samples: ``(uint8 (C, H, W) image, int row of KeyedTargets)``.
+
+    The selected tars are shuffled with ``(seed, pass)`` (the same order on every rank) and dealt out to
+    the ``ranks x workers`` readers; with fewer tars than readers every reader reads them all and keeps
+    every ``readers``-th selected sample instead. A reader decodes each selected image once, emits it
+    ``copies`` times and shuffles in a buffer of ``buffer`` samples (so repeats spread out), seeded by
+    ``(seed, pass, reader)``. A selected key missing from its tar is an error.
+    """
+
+    def __init__(self, stream: PseudoStream, pass_: int) -> None:
+        assert stream.data.unlabeled is not None
+        self.folder, self.mode = stream.data.unlabeled, PIL_MODES[stream.data.channels]
+        self.seed, self.pass_, self.world, self.buffer = stream.seed, pass_, stream.world, stream.data.shuffle_buffer
+        self.rows, self.shards, self.copies = stream.rows, stream.shards, stream.copies
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        reader, readers = self.world.rank * workers + worker, self.world.size * workers
+        order = sorted(set(self.shards.tolist()))
+        random.Random(_mix(self.seed, _PSEUDO, self.pass_)).shuffle(order)
+        by_tar = len(order) >= readers
+        mine = order[reader::readers] if by_tar else order
+        expected = int(np.isin(self.shards, mine).sum()) if by_tar else len(self.rows)
+        shuffle_rng = random.Random(_mix(self.seed, _PSEUDO, self.pass_, reader))
+        pipeline = wds.DataPipeline(
+            wds.SimpleShardList([str(self.folder / name) for name in mine]),
+            wds.tarfile_to_samples(),
+            partial(self._selected, reader=reader, readers=1 if by_tar else readers, expected=expected, tars=mine),
+            self._repeated,
+            wds.shuffle(self.buffer, initial=self.buffer, rng=shuffle_rng),
+        )
+        return iter(pipeline)
+
+    def _selected(
+        self, samples: Iterator[dict[str, Any]], reader: int, readers: int, expected: int, tars: list[str]
+    ) -> Iterator[tuple[dict[str, Any], int]]:
+        """The selected samples with their rows; with ``readers > 1`` only every ``readers``-th, from ``reader``."""
+        seen = 0
+        for sample in samples:
+            row = self.rows.get(sample["__key__"])
+            if row is None:
+                continue
+            if seen % readers == reader % readers:
+                yield sample, row
+            seen += 1
+        if seen != expected:
+            raise ValueError(
+                f"{self.folder}: tars {tars} hold {seen} of the {expected} selected keys the pseudo labels put there"
+            )
+
+    def _repeated(self, selected: Iterator[tuple[dict[str, Any], int]]) -> Iterator[tuple[torch.Tensor, int]]:
+        for sample, row in selected:
+            image = _decode(sample, self.mode)
+            for _ in range(int(self.copies[row])):
+                yield image, row
+
+
+class PseudoStream:
+    """This rank's endless pseudo-labeled stream: passes over its selected images, each ``copies`` times.
+
+    :meth:`take` returns uint8 ``(k, C, H, W)`` images and their float ``(k, K)`` targets; a batch may
+    span two passes. The state is ``(pass, samples of it consumed)``: a new stream that loads it
+    rebuilds the pass and skips that many samples.
+    """
+
+    def __init__(self, data: StreamedTrainData, batch: int, seed: int, world: World, workers: int) -> None:
+        if data.pseudo is None or data.unlabeled is None:
+            raise ValueError("PseudoStream needs StreamedTrainData.unlabeled and .pseudo")
+        self.data, self.batch, self.seed, self.world, self.workers = data, batch, seed, world, workers
+        self.targets = torch.from_numpy(np.ascontiguousarray(data.pseudo.targets, dtype=np.float32))
+        # what the readers need, built once (not per pass): key -> row, each row's tar and copies
+        self.rows = {str(key): row for row, key in enumerate(data.pseudo.keys.tolist())}
+        self.shards = np.asarray(data.pseudo.shards).astype(str)
+        self.copies = np.asarray(data.pseudo.copies, dtype=np.int64)
+        if len(self.rows) != len(data.pseudo):
+            repeats = len(data.pseudo) - len(self.rows)
+            raise ValueError(f"pseudo labels of {data.unlabeled}: {repeats} keys appear more than once")
+        if (self.copies < 1).any():
+            raise ValueError(f"pseudo labels for {data.unlabeled}: copies must be >= 1")
+        self.pass_, self.consumed = 0, 0
+        self._batches: Iterator[list[torch.Tensor]] | None = None
+        self._chunk: tuple[torch.Tensor, torch.Tensor] | None = None  # a fetched batch not yet handed out
+
+    def _open(self) -> None:
+        """Start pass ``pass_`` and skip its ``consumed`` samples."""
+        dataset = _PseudoPass(self, self.pass_)
+        generator = torch.Generator().manual_seed(_mix(self.seed, _PSEUDO, self.pass_, self.world.rank))
+        loader = DataLoader(dataset, batch_size=self.batch, num_workers=self.workers, generator=generator)
+        self._batches, self._chunk = iter(loader), None
+        skip = self.consumed
+        while skip:
+            part = self._pull(skip)
+            if part is None:
+                raise RuntimeError(f"{self.data.unlabeled}: pass {self.pass_} ended before its {self.consumed} samples")
+            skip -= len(part[1])
+
+    def _pull(self, k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Up to ``k`` samples (images, rows) of the current pass; None at its end."""
+        assert self._batches is not None
+        if self._chunk is None:
+            try:
+                images, rows = next(self._batches)
+            except StopIteration:
+                return None
+            self._chunk = (images, rows)
+        images, rows = self._chunk
+        self._chunk = (images[k:], rows[k:]) if len(rows) > k else None
+        return images[:k], rows[:k]
+
+    def take(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next ``k`` images uint8 ``(k, C, H, W)`` and targets float ``(k, K)``."""
+        images, rows = [], []
+        while k > 0:
+            if self._batches is None:
+                self._open()
+            part = self._pull(k)
+            if part is None:
+                if self.consumed == 0:
+                    raise ValueError(
+                        f"{self.data.unlabeled}: rank {self.world.rank} of {self.world.size} got no pseudo-labeled "
+                        f"image in pass {self.pass_} ({len(self.targets)} selected images)"
+                    )
+                self.pass_, self.consumed, self._batches = self.pass_ + 1, 0, None
+                continue
+            images.append(part[0])
+            rows.append(part[1])
+            self.consumed += len(part[1])
+            k -= len(part[1])
+        row = torch.cat(rows)
+        return torch.cat(images), self.targets[row]
+
+    def state(self) -> dict[str, int]:
+        return {"pass": self.pass_, "consumed": self.consumed}
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.pass_, self.consumed, self._batches = int(state["pass"]), int(state["consumed"]), None
+
+
+class StreamedBatches(_Batches):
+    """:class:`~noisy_student.training.loop._Batches` for :class:`StreamedTrainData`: the same ``next()``.
+
+    ``batch_size`` / ``unlabeled_batch`` are global; each rank reads ``1 / world.size`` of each from its
+    own shards. Images go to the device as uint8 and are augmented there (``BatchAugment``, the rank's
+    generator), then become float 0..1 in the model's memory format, as in the in-memory path. The loop
+    calls :meth:`begin_epoch` before each epoch's first step (and at a resumed step); :meth:`state` /
+    :meth:`load` are this rank's part of the resume state.
+    """
+
+    def __init__(
+        self,
+        data: StreamedTrainData,
+        noise: StudentNoiseParams,
+        batch_size: int,
+        unlabeled_batch: int,
+        labeled_in_batch: bool,
+        device: torch.device,
+        channels_last: bool,
+        world: World,
+        seed: int,
+    ) -> None:
+        super().__init__(data, {}, noise, batch_size, unlabeled_batch, labeled_in_batch, device, channels_last, world)  # type: ignore[arg-type]
+        self.streamed, self.seed = data, seed
+        self.workers = data.workers
+        self.labeled_workers = _reader_count(len(data.labeled_tars()), world, data.workers, data.labeled)
+        self.pseudo = (
+            PseudoStream(data, unlabeled_batch // world.size, seed, world, data.workers) if data.has_unlabeled else None
+        )
+        self._labeled: Iterator[list[torch.Tensor]] | None = None
+        self._epoch = 0
+
+    def begin_epoch(self, epoch: int, step: int) -> None:
+        """Read epoch ``epoch``'s labeled stream from step ``step`` on (its first ``step`` batches skipped)."""
+        self._labeled, self._epoch = None, epoch  # the last epoch's loader (and its workers) goes
+        if not self.labeled_in_batch:
+            return  # Table 13's pretraining: epochs count labeled steps, no labeled image is read
+        loader = labeled_loader(
+            self.streamed,
+            epoch,
+            self.batch_size // self.world.size,
+            self.seed,
+            self.world,
+            self.labeled_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        self._labeled = iter(loader)
+        for _ in range(step):
+            self._next_labeled()
+
+    def _next_labeled(self) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self._labeled is not None, "begin_epoch() comes before next()"
+        try:
+            images, labels = next(self._labeled)
+        except StopIteration:
+            raise RuntimeError(
+                f"{self.streamed.labeled} ran out of labeled batches in epoch {self._epoch + 1}: "
+                f"num_labeled {self.streamed.num_labeled} is more than its tars hold"
+            ) from None
+        k = self.streamed.num_classes
+        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= k):
+            raise ValueError(f"{self.streamed.labeled}: labeled classes {labels.tolist()}, expected 0..{k - 1}")
+        return images, one_hot(labels.numpy(), k, smoothing=self.streamed.label_smoothing)
+
+    def next(self) -> tuple[Batch | None, Batch | None, int]:
+        """(this rank's labeled batch or None, its pseudo-labeled batch or None, images in the global step)."""
+        labeled = unlabeled = None
+        if self.labeled_in_batch:
+            images, targets = self._next_labeled()
+            labeled = (self.augment(self._uint8_on_device(images)), targets)
+        if self.pseudo is not None:
+            images, targets = self.pseudo.take(self.unlabeled_batch // self.world.size)
+            unlabeled = (self.augment_unlabeled(self._uint8_on_device(images)), targets)
+        images_in_step = sum(len(b[1]) for b in (labeled, unlabeled) if b is not None) * self.world.size
+        return self._on_device(labeled), self._on_device(unlabeled), images_in_step
+
+    def _uint8_on_device(self, images: torch.Tensor) -> torch.Tensor:
+        return images.to(self.device, non_blocking=True)
+
+    def state(self) -> dict[str, int]:
+        return {"workers": self.workers, **(self.pseudo.state() if self.pseudo is not None else {})}
+
+    def load(self, state: dict[str, Any]) -> None:
+        if int(state.get("workers", self.workers)) != self.workers:
+            tqdm.write(
+                f"resuming with {self.workers} loader workers, saved with {state['workers']}: the rest of this epoch "
+                "and pass read other images than the interrupted run would have"
+            )
+        if self.pseudo is not None:
+            self.pseudo.load(state)
+
+    def close(self) -> None:
+        """Stop the loaders' worker processes."""
+        self._labeled = None
+        if self.pseudo is not None:
+            self.pseudo._batches = None

@@ -1,0 +1,373 @@
+"""data.format: wds: tar shards written from an ImageSet / image folders, read back by us and by timm."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from noisy_student.config import ParamsError, load_params, parse_params
+from noisy_student.data import ImageSet, load_classes, load_imageset
+from noisy_student.data.folders import decode_images
+from noisy_student.data.prepare import OOD_ID_OFFSET, TEST_ID_OFFSET, prepare_data, prepare_folders, write_prepared
+from noisy_student.data.shard_folders import decode_stream, scan_split
+from noisy_student.data.wds import (
+    INFO_FILE,
+    WdsDataError,
+    WdsSample,
+    iter_tar,
+    load_split,
+    read_info,
+    read_wds_imageset,
+    split_path,
+    tar_paths,
+    write_wds,
+    write_wds_samples,
+)
+from tests.conftest import FASHION_MNIST, ROOT, micro_params, run
+from tests.test_folders import make_tree
+from tests.test_prepare_folders import folders_params
+
+
+def _imageset(n: int, channels: int, seed: int = 0) -> ImageSet:
+    rng = np.random.default_rng(seed)
+    shape = (n, 9, 7) if channels == 1 else (n, 9, 7, 3)
+    return ImageSet(
+        rng.integers(0, 256, shape, dtype=np.uint8),
+        rng.integers(-1, 4, n).astype(np.int64),
+        (np.arange(n, dtype=np.int64) * 7 + 3)[::-1].copy(),  # not sorted: the row order must survive
+        np.array([("fashion_mnist", "digits", "photos")[i % 3] for i in range(n)]),
+    )
+
+
+def _assert_same(a: ImageSet, b: ImageSet) -> None:
+    assert a.images.shape == b.images.shape and a.images.dtype == b.images.dtype == np.uint8
+    for field in ("images", "labels", "ids", "source"):
+        assert np.array_equal(getattr(a, field), getattr(b, field)), field
+    assert b.labels.dtype == np.int64 and b.ids.dtype == np.int64
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_round_trip_and_info(tmp_path: Path, channels: int) -> None:
+    data = _imageset(11, channels)
+    folder = tmp_path / "labeled.wds"
+    info = write_wds(folder, "labeled", data, shard_size=4)  # 4 does not divide 11: the last tar holds 3
+    names = ("labeled-000000.tar", "labeled-000001.tar", "labeled-000002.tar")
+    assert (info.split, info.num_samples, info.filenames, info.shard_lengths) == ("labeled", 11, names, (4, 4, 3))
+    assert sorted(p.name for p in folder.iterdir()) == [INFO_FILE, *names]
+    assert json.loads((folder / INFO_FILE).read_text()) == {
+        "name": "labeled",
+        "num_samples": 11,
+        "splits": {
+            "labeled": {"name": "labeled", "num_samples": 11, "filenames": list(names), "shard_lengths": [4, 4, 3]}
+        },
+    }
+    assert read_info(folder) == info and tar_paths(folder) == [folder / n for n in names]
+    _assert_same(data, read_wds_imageset(folder))
+    assert not [p for p in tmp_path.iterdir() if p.name != "labeled.wds"]  # no temporary folder left
+
+
+def test_tar_members_and_iter_tar_order(tmp_path: Path) -> None:
+    data = _imageset(5, 3)
+    info = write_wds(tmp_path / "unlabeled.wds", "unlabeled", data, shard_size=3)
+    with tarfile.open(tmp_path / "unlabeled.wds" / info.filenames[0]) as tar:
+        members = tar.getnames()
+        first = data.ids[0]
+        assert members[:3] == [f"{first:010d}.cls", f"{first:010d}.json", f"{first:010d}.png"]
+        assert tar.extractfile(members[0]).read() == str(data.labels[0]).encode("ascii")
+        meta = json.loads(tar.extractfile(members[1]).read())
+        assert meta == {"id": int(first), "label": int(data.labels[0]), "source": "fashion_mnist"}
+    samples = [s for path in tar_paths(tmp_path / "unlabeled.wds") for s in iter_tar(path)]
+    assert [s.key for s in samples] == [f"{i:010d}" for i in data.ids]
+    for row, s in enumerate(samples):
+        assert isinstance(s, WdsSample) and s.image.dtype == np.uint8 and s.image.shape == (9, 7, 3)
+        assert np.array_equal(s.image, data.images[row])
+        assert (s.label, s.id, s.source) == (data.labels[row], data.ids[row], data.source[row])
+
+
+def test_same_images_same_bytes_and_rewrite_replaces(tmp_path: Path) -> None:
+    data = _imageset(7, 1)
+    write_wds(tmp_path / "a.wds", "test", data, 2)
+    write_wds(tmp_path / "b.wds", "test", data, 2)
+    for name in [*read_info(tmp_path / "a.wds").filenames, INFO_FILE]:
+        assert (tmp_path / "a.wds" / name).read_bytes() == (tmp_path / "b.wds" / name).read_bytes(), name
+    # a rerun with fewer images replaces the folder: no tar of the earlier run survives
+    write_wds(tmp_path / "a.wds", "test", _imageset(3, 1), 2)
+    assert sorted(p.name for p in (tmp_path / "a.wds").iterdir()) == [INFO_FILE, "test-000000.tar", "test-000001.tar"]
+    # a failed write leaves the earlier folder untouched
+    bad = [WdsSample.of(np.zeros((4, 4), np.uint8), 0, 1, "x"), WdsSample.of(np.zeros((5, 4), np.uint8), 0, 2, "x")]
+    with pytest.raises(ValueError, match=r"expected every image of the split to have the first one's \(4, 4\)"):
+        write_wds_samples(tmp_path / "a.wds", "test", bad, 2)
+    assert read_info(tmp_path / "a.wds").num_samples == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wds", "b.wds"]
+    with pytest.raises(ValueError, match="written twice"):
+        write_wds_samples(tmp_path / "c.wds", "test", [bad[0], bad[0]], 2)
+    # an unrelated folder is never replaced
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.txt").write_text("precious")
+    with pytest.raises(WdsDataError, match=r"mine: a non-empty folder without _info\.json"):
+        write_wds(tmp_path / "mine", "test", data, 2)
+    assert (tmp_path / "mine" / "thesis.txt").read_text() == "precious"
+
+
+def test_timm_reads_the_shards(tmp_path: Path) -> None:
+    from timm.data import create_dataset
+
+    data = _imageset(7, 3)
+    folder = tmp_path / "labeled.wds"
+    write_wds(folder, "labeled", data, shard_size=3)
+    ds = create_dataset("wds/labeled", root=str(folder), split="labeled", is_training=False, batch_size=4)
+    got = [(np.asarray(img), target) for img, target in ds]
+    assert len(got) == 7
+    # in eval mode the reader keeps file order; cls -1 (unknown) comes through as -1
+    assert [t for _, t in got] == data.labels.tolist()
+    assert all(np.array_equal(img, data.images[i]) for i, (img, _) in enumerate(got))
+
+
+def test_load_split_either_format(tmp_path: Path) -> None:
+    data = _imageset(4, 1)
+    from noisy_student.data import save_imageset
+
+    save_imageset(split_path(tmp_path, "test", "npz"), data)
+    write_wds(split_path(tmp_path, "test", "wds"), "test", data, 3)
+    assert split_path(tmp_path, "test", "wds") == tmp_path / "test.wds"
+    _assert_same(data, load_split(tmp_path, "test", "npz"))
+    _assert_same(data, load_split(tmp_path, "test", "wds"))
+    with pytest.raises(ValueError, match="data.format: 'zip'"):
+        split_path(tmp_path, "test", "zip")
+
+
+def test_read_errors_name_the_file(tmp_path: Path) -> None:
+    folder = tmp_path / "labeled.wds"
+    with pytest.raises(FileNotFoundError, match=r"labeled\.wds does not exist: expected a \.wds split folder"):
+        read_info(folder)
+    write_wds(folder, "labeled", _imageset(5, 3), 2)
+    info_text = (folder / INFO_FILE).read_text()
+
+    (folder / "labeled-000001.tar").unlink()
+    with pytest.raises(FileNotFoundError, match=r"labeled-000001\.tar: listed in .*_info\.json but missing"):
+        read_wds_imageset(folder)
+
+    write_wds(folder, "labeled", _imageset(5, 3), 2)
+    raw = json.loads(info_text)
+    raw["splits"]["labeled"]["shard_lengths"] = [2, 1, 2]  # sums to 5 still, but tar 1 holds 2
+    (folder / INFO_FILE).write_text(json.dumps(raw))
+    with pytest.raises(WdsDataError, match=r"labeled-000001\.tar: 2 samples; expected 1"):
+        read_wds_imageset(folder)
+    raw["splits"]["labeled"]["shard_lengths"] = [2, 2]
+    (folder / INFO_FILE).write_text(json.dumps(raw))
+    with pytest.raises(WdsDataError, match=r"_info\.json: split 'labeled' lists 3 tars with shard_lengths \[2, 2\]"):
+        read_info(folder)
+    (folder / INFO_FILE).write_text("{not json")
+    with pytest.raises(WdsDataError, match=r"_info\.json: unreadable"):
+        read_info(folder)
+    (folder / INFO_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match=r"labeled\.wds/_info\.json not found"):
+        read_wds_imageset(folder)
+    (tmp_path / "junk.tar").write_bytes(b"not a tar at all" * 100)
+    with pytest.raises(WdsDataError, match=r"junk\.tar: not a readable tar file"):
+        list(iter_tar(tmp_path / "junk.tar"))
+
+
+# ---- prepare with data.format: wds ---------------------------------------------------------------------
+
+
+def _micro_params(tmp_path: Path, **data: object) -> Path:
+    p = micro_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    p["data"].update(data)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(p))
+    return path
+
+
+def test_prepare_stage_wds_matches_npz(tmp_path: Path) -> None:
+    assert FASHION_MNIST.is_dir(), "make test installs dataset-fashion-mnist"
+    params = _micro_params(tmp_path, format="wds", wds_shard_size=64)
+    out = tmp_path / "prepared"
+    cmd = [sys.executable, "-m", "stages.prepare", "--params", str(params), "--out", str(out)]
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    run([*cmd, "--metrics", str(tmp_path / "m.json")], ROOT, env=env)
+    assert sorted(p.name for p in out.iterdir()) == ["classes.json", "labeled.wds", "test.wds", "unlabeled.wds"]
+    assert read_info(out / "unlabeled.wds").shard_lengths == (64,) * 5 + (20,)  # 300 + 40 out-of-domain
+
+    # the same params written as npz, in this process: identical images, labels, ids and sources
+    prepared = prepare_data(load_params(params))
+    write_prepared(tmp_path / "npz", prepared)
+    for split in ("labeled", "unlabeled", "test"):
+        _assert_same(load_imageset(tmp_path / "npz" / f"{split}.npz"), load_split(out, split, "wds"))
+    assert load_classes(out) == load_classes(tmp_path / "npz")
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["labeled"] == 100 and metrics["unlabeled"] == 340 and metrics["test"] == 200
+
+    # switching format leaves one format in the folder
+    write_prepared(out, prepared, "npz")
+    assert sorted(p.name for p in out.iterdir()) == ["classes.json", "labeled.npz", "test.npz", "unlabeled.npz"]
+    for split in ("labeled", "unlabeled", "test"):  # the npz bytes do not depend on what was there before
+        assert (out / f"{split}.npz").read_bytes() == (tmp_path / "npz" / f"{split}.npz").read_bytes()
+    write_prepared(out, prepared, "wds", 1000)
+    assert sorted(p.name for p in out.iterdir()) == ["classes.json", "labeled.wds", "test.wds", "unlabeled.wds"]
+
+
+# ---- noisy-student shard -------------------------------------------------------------------------------
+
+
+def _shard(*args: str) -> tuple[int, str]:
+    from stages.__main__ import app
+
+    result = CliRunner().invoke(app, ["shard", *args])
+    return result.exit_code, result.output
+
+
+def test_shard_command_matches_prepare_folders(tmp_path: Path) -> None:
+    dirs = make_tree(tmp_path / "images")
+    # the pool is the whole tree: prepare leaves the labeled and test files out of it, the command's --exclude too
+    params = folders_params(tmp_path, {**dirs, "unlabeled": tmp_path / "images"}, max_unlabeled=5)
+    prepared = prepare_folders(load_params(params))
+
+    out = tmp_path / "shards"
+    common = ["--image-size", "16", "--channels", "3", "--shard-size", "5"]
+    code, text = _shard(str(dirs["labeled"]), str(out / "labeled.wds"), "--split", "labeled", *common)
+    assert code == 0, text
+    assert "shard: 12 labeled images of 12 found" in text
+    classes = out / "labeled.wds" / "classes.json"
+    code, text = _shard(str(dirs["test"]), str(out / "test.wds"), "--split", "test", "--classes", str(classes), *common)
+    assert code == 0, text
+    excluded = ["--exclude", str(dirs["labeled"]), "--exclude", str(dirs["test"]), "--max-images", "5"]
+    code, text = _shard(
+        str(tmp_path / "images"), str(out / "unlabeled.wds"), "--split", "unlabeled", *common, *excluded
+    )
+    assert code == 0, text
+
+    for split in ("labeled", "unlabeled", "test"):
+        _assert_same(getattr(prepared, split), read_wds_imageset(out / f"{split}.wds"))
+    assert read_info(out / "labeled.wds").shard_lengths == (5, 5, 2)
+    assert load_classes(out / "labeled.wds") == ["bird", "cat", "dog"]
+    assert load_classes(out / "test.wds") == ["bird", "cat", "dog"]  # the labeled list, though test has 2 classes
+    assert not (out / "unlabeled.wds" / "classes.json").exists()
+    manifest = (out / "test.wds" / "files.csv").read_text().splitlines()
+    assert manifest[0] == "id,split,label,path" and manifest[-1] == "1000003,test,2,dog/t1.png"
+    # timm reads labeled shards written from real files, targets in the labeled class order
+    from timm.data import create_dataset
+
+    ds = create_dataset("wds/test", root=str(out / "test.wds"), split="test", is_training=False, batch_size=4)
+    assert [t for _, t in ds] == prepared.test.labels.tolist()
+
+
+def test_shard_grey_and_pool_decoding(tmp_path: Path) -> None:
+    dirs = make_tree(tmp_path / "images")
+    found = scan_split(dirs["unlabeled"], "unlabeled")
+    assert found.ids.tolist() == [2_000_000 + i for i in range(7)] and found.labels.tolist() == [-1] * 7
+    expected = decode_images(found.files, 12, 1, "ref", workers=1)
+    streamed = np.stack(list(decode_stream(found.files, 12, 1, workers=2, chunk=3, pool_min=1)))
+    assert np.array_equal(streamed, expected)
+    code, text = _shard(str(dirs["unlabeled"]), str(tmp_path / "u.wds"), "--split", "unlabeled", "--channels", "1")
+    assert code == 0, text
+    got = read_wds_imageset(tmp_path / "u.wds")
+    assert got.images.shape == (7, 32, 32) and got.labels.tolist() == [-1] * 7
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["{src}", "{tmp}/x.wds", "--split", "train"], r"Invalid value for '--split'.*'train'"),
+        (["{tmp}/nowhere", "{tmp}/x.wds", "--split", "labeled"], r"SRC: \S*nowhere does not exist"),
+        (["{src}", "{tmp}/x.wds", "--split", "test"], r"--classes: required with --split test"),
+        (["{src}", "{tmp}/x.wds", "--split", "test", "--classes", "{tmp}/none.json"], r"--classes: \S*none\.json"),
+        (["{src}", "{tmp}/prepared", "--split", "labeled"], r"OUT: \S*prepared; expected .* ends in \.wds"),
+        (["{src}", "{tmp}/x.wds", "--split", "labeled", "--channels", "2"], r"--channels: 2; expected 1"),
+    ],
+)
+def test_shard_errors_name_the_path(tmp_path: Path, args: list[str], expected: str) -> None:
+    dirs = make_tree(tmp_path / "images")
+    code, text = _shard(*(a.format(src=dirs["labeled"], tmp=tmp_path) for a in args))
+    assert code == 2 and "Traceback" not in text
+    assert re.search(expected, " ".join(text.replace("│", " ").split())), text
+    assert not (tmp_path / "x.wds").exists()
+
+
+def test_shard_unknown_test_class(tmp_path: Path) -> None:
+    dirs = make_tree(tmp_path / "images", test_classes=("cat", "fox"))
+    (tmp_path / "classes.json").write_text(json.dumps(["bird", "cat", "dog"]))
+    code, text = _shard(
+        str(dirs["test"]), str(tmp_path / "t.wds"), "--split", "test", "--classes", str(tmp_path / "classes.json")
+    )
+    assert code == 2 and re.search(r"SRC: class folder \S*test/fox is not in --classes", text), text
+
+
+# ---- params --------------------------------------------------------------------------------------------
+
+
+def test_default_data_format_params() -> None:
+    d = load_params(ROOT / "params.yaml").data
+    assert (d.format, d.wds_shard_size, d.workers) == ("npz", 10000, 0)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("format", "tar", r"data\.format.*'tar'.*'npz' or 'wds'"),
+        ("wds_shard_size", 0, r"data\.wds_shard_size.*0.*1"),
+        ("workers", -1, r"data\.workers.*-1.*0"),
+    ],
+)
+def test_bad_data_format_params_name_the_key(key: str, value: object, expected: str) -> None:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["data"][key] = value
+    with pytest.raises(ParamsError) as err:
+        parse_params(raw, "params.yaml")
+    assert re.search(expected, str(err.value), re.S), str(err.value)
+
+
+def test_prepare_stage_streams_folders_into_shards(tmp_path: Path) -> None:
+    """data.source: folders + data.format: wds: the stage writes the splits prepare_folders decodes in memory."""
+    dirs = make_tree(tmp_path / "images")
+    params = folders_params(
+        tmp_path, {**dirs, "unlabeled": tmp_path / "images"}, max_unlabeled=5, format="wds", wds_shard_size=4
+    )
+    expected = prepare_folders(load_params(params))
+    out = tmp_path / "prepared"
+    run(
+        [
+            sys.executable,
+            "-m",
+            "stages.prepare",
+            "--params",
+            str(params),
+            "--out",
+            str(out),
+            "--metrics",
+            str(tmp_path / "m.json"),
+        ],
+        ROOT,
+        env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+    )
+    for split in ("labeled", "unlabeled", "test"):
+        _assert_same(getattr(expected, split), read_wds_imageset(out / f"{split}.wds"))
+        assert not (out / f"{split}.npz").exists()
+    assert load_classes(out) == ["bird", "cat", "dog"]
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert {k: metrics[k] for k in ("labeled", "unlabeled", "test", "classes")} == {
+        "labeled": 12,
+        "unlabeled": 5,
+        "test": 4,
+        "classes": 3,
+    }
+    assert metrics["unlabeled_overlap_excluded"] == expected.metrics["unlabeled_overlap_excluded"] == 16
+
+
+def test_id_offsets_keep_small_sets_and_grow_for_large_ones() -> None:
+    from noisy_student.data.prepare import id_offsets
+
+    assert id_offsets(1_000, 10_000) == (TEST_ID_OFFSET, OOD_ID_OFFSET) == (1_000_000, 2_000_000)
+    assert id_offsets(999_999, 50_000) == (1_000_000, 2_000_000)
+    assert id_offsets(1_281_167, 50_000) == (10_000_000, 20_000_000)  # ImageNet's train split
+    lab, tst = 1_281_167, 50_000
+    test_offset, ood_offset = id_offsets(lab, tst)
+    assert lab <= test_offset and test_offset + tst <= ood_offset
