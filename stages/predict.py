@@ -19,7 +19,7 @@ from noisy_student.pseudo_labels.predict import (
 from noisy_student.seeds import seed_for
 from noisy_student.tracking import log_datasets, stage_run, tag_checkpoints, write_metrics
 from stages._common import METRICS_OPTION, PARAMS_OPTION, friendly_errors, params_or_exit
-from stages._train import start_processes
+from stages._processes import start_processes
 
 SHARD_HELP = "i/N: label only input shards j with j % N == i (job i of N); the run without it, after them, merges."
 

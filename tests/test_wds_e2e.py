@@ -26,7 +26,9 @@ def test_repro_on_shards_with_two_processes(tmp_path: Path) -> None:
     p["data"].update(format="wds", wds_shard_size=48, workers=0)  # 100 labeled -> 3 tars: every rank reads one
     p["distributed"] = {"processes": 2, "sync_batchnorm": False}
     repo = make_project(tmp_path, p)
-    proc = run(DVC + ["repro"], repo, env={"NOISY_STUDENT_THREADS": "2"})
+    # the store named explicitly: a test that called mlflow.set_tracking_uri leaves it in the environment
+    env = {"NOISY_STUDENT_THREADS": "2", "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"}
+    proc = run(DVC + ["repro"], repo, env=env)
 
     prepared = repo / "data" / "prepared"
     for split, n in (("labeled", 100), ("unlabeled", 340), ("test", 200)):
@@ -63,4 +65,4 @@ def test_repro_on_shards_with_two_processes(tmp_path: Path) -> None:
     for stage in ("teacher", "predict@it1", "student@it1"):
         assert names.count(stage) == 1, names  # rank 0 alone opens the stage's MLflow run
 
-    assert "Stage 'student@it1' didn't change" in run(DVC + ["repro"], repo).stdout
+    assert "Stage 'student@it1' didn't change" in run(DVC + ["repro"], repo, env=env).stdout

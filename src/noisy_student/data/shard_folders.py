@@ -110,30 +110,24 @@ def scan_split(
         found = scan_unlabeled_folder(root, key)
         labels_all = np.full(len(found), -1, dtype=np.int64)
         classes = None
-    elif classes is not None:
-        scanned = scan_class_folders(root, key, min_classes=1 if split == "test" else 2)
-        found = list(scanned.files)
-        classes = tuple(classes)
-        unknown = [c for c in scanned.classes if c not in classes]
-        if unknown:
-            raise FolderDataError(
-                f"{key}: class folder {root / unknown[0]} has no counterpart in the labeled classes; expected "
-                f"the class folders to be a subset of {list(classes)[:10]}{'...' if len(classes) > 10 else ''}"
-            )
-        labels_all = np.array([classes.index(c) for c in scanned.classes], dtype=np.int64)[scanned.labels]
     else:
-        if split == "test" and classes_file is None:
+        if split == "test" and classes_file is None and classes is None:
             raise FolderDataError(
                 "--classes: required with --split test: the labeled split's classes.json (e.g. "
                 f"data/prepared/labeled{WDS_SUFFIX}/{CLASSES_FILE}), so test labels follow the model's class order"
             )
         scanned = scan_class_folders(root, key, min_classes=1 if split == "test" else 2)
         found = list(scanned.files)
-        classes = scanned.classes if classes_file is None else _read_class_list(classes_file)
+        if classes is not None:
+            classes, given = tuple(classes), "the labeled classes"
+        elif classes_file is not None:
+            classes, given = _read_class_list(classes_file), f"--classes {classes_file}"
+        else:
+            classes, given = scanned.classes, ""
         unknown = [c for c in scanned.classes if c not in classes]
         if unknown:
             raise FolderDataError(
-                f"SRC: class folder {root / unknown[0]} is not in --classes {classes_file}; expected the "
+                f"{key}: class folder {root / unknown[0]} is not in {given}; expected the "
                 f"class folders to be a subset of {list(classes)[:10]}{'...' if len(classes) > 10 else ''}"
             )
         labels_all = np.array([classes.index(c) for c in scanned.classes], dtype=np.int64)[scanned.labels]
@@ -147,7 +141,7 @@ def scan_split(
     taken = {p.resolve() for folder in exclude for p in image_files(Path(folder))}
     candidates = np.array([i for i, p in enumerate(found) if p.resolve() not in taken], dtype=np.int64)
     if len(candidates) == 0:
-        raise FolderDataError(f"SRC: every image under {root} lies in an --exclude folder; expected further images")
+        raise FolderDataError(f"{key}: every image under {root} lies in an excluded folder; expected further images")
     keep = candidates[subsample(len(candidates), max_images, seed_for(seed, "unlabeled_subsample"))]
     return FolderSplit(
         root,

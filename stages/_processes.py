@@ -1,0 +1,36 @@
+"""The processes of a stage that can run as several ranks (teacher, student, predict): threads, torchrun."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from noisy_student import distributed
+from noisy_student.config import Params
+from noisy_student.devices import resolve_device
+from stages._common import fail, friendly_errors, torch_threads
+
+
+def start_processes(params: Params, any_world: bool = False) -> None:
+    """Torch threads, and the ranks when ``distributed.processes`` > 1.
+
+    One process: threads as every stage sets them. Several, started as one process (by DVC or by
+    hand): run this same command under torchrun and exit with its code (never returns). A rank under
+    torchrun: its share of the threads, checked to be one of as many ranks as the params say, unless
+    ``any_world`` (``predict``: any number of ranks labels the same files, so a hand-started torchrun
+    of any size is fine).
+    """
+    processes = params.distributed.processes
+    with friendly_errors(ValueError):
+        distributed.check_sync_batchnorm(params.distributed.sync_batchnorm, resolve_device(params.device))
+    if not distributed.under_torchrun():
+        if processes > 1:
+            distributed.relaunch(processes, int(os.environ.get(distributed.THREADS_ENV) or torch.get_num_threads()))
+        torch_threads()
+        return
+    ranks = int(os.environ.get("WORLD_SIZE", "1"))
+    if ranks != processes and not any_world:
+        fail(f"distributed.processes is {processes} but torchrun started {ranks}: run the stage without torchrun")
+    distributed.die_with_parent()  # torchrun gone (even killed): this rank goes too
+    torch.set_num_threads(distributed.rank_threads())
