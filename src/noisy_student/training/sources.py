@@ -8,6 +8,7 @@ way (it is evaluated by rank 0 alone, which timm's wds reader cannot do without 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -50,8 +51,7 @@ def teacher_inputs(prepared: Path, data_format: Literal["npz", "wds"], workers: 
     if data_format == "npz":
         labeled = load_imageset(labeled_path)
         return TrainingInputs(labeled, test, class_count(prepared, labeled.labels))
-    streamed = _streamed_labeled(labeled_path, class_count(prepared, test.labels), workers)
-    stats = shard_channel_stats(labeled_path)
+    streamed, stats = _streamed_labeled(labeled_path, class_count(prepared, test.labels), workers)
     return TrainingInputs(None, test, streamed.num_classes, streamed=streamed, normalization=stats)
 
 
@@ -78,22 +78,17 @@ def student_inputs(
         images = images_tensor(pool.images[rows])
         return TrainingInputs(labeled, test, num_classes, images, torch.from_numpy(targets)), stats
     keyed, stats = keyed_student_targets(selected, num_classes, mode, threshold=threshold)
-    labeled = _streamed_labeled(labeled_path, num_classes, workers)
-    streamed = StreamedTrainData(
-        labeled.labeled,
-        labeled.num_labeled,
-        labeled.channels,
-        num_classes,
-        workers=workers,
-        unlabeled=unlabeled_path,
-        pseudo=keyed,
-    )
-    inputs = TrainingInputs(None, test, num_classes, streamed=streamed, normalization=shard_channel_stats(labeled_path))
-    return inputs, stats
+    labeled, norm = _streamed_labeled(labeled_path, num_classes, workers)
+    streamed = replace(labeled, unlabeled=unlabeled_path, pseudo=keyed)
+    return TrainingInputs(None, test, num_classes, streamed=streamed, normalization=norm), stats
 
 
-def _streamed_labeled(folder: Path, num_classes: int, workers: int) -> StreamedTrainData:
+def _streamed_labeled(
+    folder: Path, num_classes: int, workers: int
+) -> tuple[StreamedTrainData, tuple[tuple[float, ...], tuple[float, ...]]]:
+    """The labeled split as streamed data, and its normalization (one value per channel: the channel count)."""
     info = read_info(folder)
-    first = next(iter_tar(info.paths(folder)[0])).image
-    channels = 1 if first.ndim == 2 else int(first.shape[-1])
-    return StreamedTrainData(folder, info.num_samples, channels, num_classes, workers=workers, labeled_split=info.split)
+    mean, std = shard_channel_stats(folder)
+    channels = len(mean)
+    data = StreamedTrainData(folder, info.num_samples, channels, num_classes, workers=workers, labeled_split=info.split)
+    return data, (mean, std)
