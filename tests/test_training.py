@@ -168,3 +168,32 @@ def test_channels_last_is_the_same_training() -> None:
     model_nchw, _ = _train(None, epochs=2, channels_last=False)
     for (name, a), b in zip(model_cl.state_dict().items(), model_nchw.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4, msg=name)
+
+
+def test_evaluation_frequency_does_not_change_the_trained_weights() -> None:
+    # eval_every only decides how often the curve is sampled: the evaluations run the real model in eval
+    # mode, and must not draw from the training generators or touch batch-norm statistics
+    from noisy_student.evaluation import evaluate_classifier
+
+    data = _data()
+    test_images = data.labeled_images[:, 0].numpy()  # (N, H, W) uint8
+    test_labels = data.labeled_targets.argmax(1).numpy()
+
+    def run(eval_every: int) -> tuple[torch.nn.Module, list[dict]]:
+        optim = OptimParams(epochs=4, batch_size=16, lr=0.05, warmup_epochs=0, eval_every=eval_every)
+        return train_classifier(
+            _model(),
+            data,
+            optim,
+            NOISE,
+            unlabeled_ratio=2,
+            device=torch.device("cpu"),
+            seed=0,
+            eval_fn=lambda m: evaluate_classifier(m, test_images, test_labels, 16, torch.device("cpu")),
+        )
+
+    often, often_hist = run(1)
+    rarely, rarely_hist = run(4)
+    assert sum("top1" in h for h in often_hist) == 4 and sum("top1" in h for h in rarely_hist) == 1
+    for (k, a), b in zip(often.state_dict().items(), rarely.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
