@@ -6,6 +6,7 @@ import typer
 
 from stages import (
     check_params,
+    convergence,
     eval_a,
     eval_c,
     eval_fgsm,
@@ -38,6 +39,7 @@ app.command("eval-fgsm")(eval_fgsm.main)
 app.command("report")(report.main)
 app.command("ui")(ui.main)
 app.command("shard")(shard.main)
+app.command("teacher-convergence")(convergence.main)
 
 if __name__ == "__main__":
     app()
