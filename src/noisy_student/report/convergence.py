@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from noisy_student.report.charts import _pyplot, _save
+from noisy_student.report.charts import _pyplot, _save  # charts.py is a dep of training stages: not edited
 
 CONVERGENCE_COLUMNS = ["dvc_exp", "precision", "seed", "epochs", "top1", "gain_over_half"]
 
@@ -62,12 +62,12 @@ def converged_at(table: pd.DataFrame, threshold: float = 0.3) -> dict[str, int |
     out: dict[str, int | None] = {}
     for precision, group in table.groupby("precision"):
         seeds = set(group["seed"])
-        passed = []
+        out[str(precision)] = None
         for epochs in sorted(set(group["epochs"])):
             doubled = group[(group["epochs"] == 2 * epochs) & group["gain_over_half"].notna()]
             if set(doubled["seed"]) == seeds and (doubled["gain_over_half"] < threshold).all():
-                passed.append(epochs)
-        out[str(precision)] = passed[0] if passed else None
+                out[str(precision)] = int(epochs)
+                break
     return out
 
 
