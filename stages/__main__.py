@@ -17,6 +17,7 @@ from stages import (
     prepare,
     report,
     robustness_data,
+    seeds,
     shard,
     student,
     teacher,
@@ -40,6 +41,7 @@ app.command("report")(report.main)
 app.command("ui")(ui.main)
 app.command("shard")(shard.main)
 app.command("teacher-convergence")(convergence.main)
+app.command("seed-gains")(seeds.main)
 
 if __name__ == "__main__":
     app()

@@ -20,7 +20,7 @@ from noisy_student.report.history import mlflow_runs
 from noisy_student.tracking import registry, runs, store
 from noisy_student.tracking.datasets import count_rows, dataset_for
 from noisy_student.tracking.dvclock import Currency, digest, read_lock
-from noisy_student.tracking.environment import environment_tags
+from noisy_student.tracking.environment import cpu_generation, environment_tags
 from noisy_student.tracking.pipeline import Pipeline, ensure_parent, headline_metrics
 from tests.conftest import ROOT
 
@@ -153,6 +153,17 @@ def test_environment_tags_name_the_machine() -> None:
     tags = environment_tags("cpu")
     assert tags["env.device"] == "cpu" and tags["env.torch"] == torch.__version__
     assert tags["env.cpu"] and tags["env.onednn"] and tags["env.cuda_build"]
+    assert tags["env.torch_threads"] == str(torch.get_num_threads())
+
+
+def test_cpu_generation_reads_the_first_processors_family_and_model(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    first = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n"
+    cpuinfo.write_text(first + "\nprocessor\t: 1\ncpu family\t: 23\nmodel\t\t: 49\n")
+    assert cpu_generation(cpuinfo) == "family 25 model 17"
+    cpuinfo.write_text("processor\t: 0\nHardware\t: BCM2835\n")  # no family/model lines (e.g. ARM)
+    assert cpu_generation(cpuinfo) == "unknown"
+    assert cpu_generation(tmp_path / "missing") == "unknown"
 
 
 def _store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> mlflow.MlflowClient:

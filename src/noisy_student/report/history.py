@@ -26,6 +26,7 @@ RUN_COLUMNS = [
     "teacher_md5",
     "teacher_name",
     "pipeline_params",
+    "env",
 ]
 HISTORY_COLUMNS = ["dvc_exp", "run_name", "epoch", "top1"]
 
@@ -42,7 +43,8 @@ def mlflow_runs(uri: str, experiment: str) -> pd.DataFrame:
     ``params_hash``, ``top1`` (fraction 0..1, NaN when the run logged none), ``params`` (dict of the params
     the stage logged: its own sections), ``checkpoint_md5`` / ``teacher_md5`` / ``teacher_name`` (the run's
     checkpoint tags, :func:`noisy_student.tracking.tag_checkpoints`; None on runs logged without them) and
-    ``pipeline_params`` (dict: the whole params file of the run's pipeline parent; None outside DVC).
+    ``pipeline_params`` (dict: the whole params file of the run's pipeline parent; None outside DVC) and
+    ``env`` (dict: the run's ``env.*`` tags, :mod:`noisy_student.tracking.environment`).
     A missing SQLite file is not created: inside a queued DVC experiment that would leave a stray store.
     """
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
@@ -80,6 +82,7 @@ def mlflow_runs(uri: str, experiment: str) -> pd.DataFrame:
                     "checkpoint_md5": r.data.tags.get(CHECKPOINT_TAG),
                     "teacher_md5": r.data.tags.get(TEACHER_TAG),
                     "teacher_name": r.data.tags.get(TEACHER_NAME_TAG),
+                    "env": {k: v for k, v in r.data.tags.items() if k.startswith("env.")},
                 }
             )
             parent_of[r.info.run_id] = r.data.tags.get(MLFLOW_PARENT_RUN_ID)

@@ -29,6 +29,26 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_generation(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """``family F model M`` of the first processor (x86 ``/proc/cpuinfo``), ``unknown`` elsewhere.
+
+    The marketing name does not tell CPU generations apart (Zen 3 and Zen 4 are both "AMD EPYC" on some
+    clouds), and they give different floats from the first step; family and model do (25/1 vs 25/17).
+    """
+    fields: dict[str, str] = {}
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            if not line.strip():
+                break  # the first processor's block ends at the first blank line
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value.strip()
+    except OSError:
+        pass
+    if fields.get("cpu family") and fields.get("model"):
+        return f"family {fields['cpu family']} model {fields['model']}"
+    return "unknown"
+
+
 def onednn_version() -> str:
     """oneDNN (formerly MKL-DNN) as built into torch, ``unavailable`` without it."""
     if not torch.backends.mkldnn.is_available():
@@ -42,6 +62,7 @@ def _machine_tags() -> dict[str, str]:
     cuda = torch.cuda.is_available()
     tags = {
         "env.cpu": cpu_model(),
+        "env.cpu_generation": cpu_generation(),
         "env.cpu_count": str(os.cpu_count()),
         "env.cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the instruction set torch's kernels use
         "env.torch": torch.__version__,
@@ -57,9 +78,10 @@ def _machine_tags() -> dict[str, str]:
 
 
 def environment_tags(device: str) -> dict[str, str]:
-    """Tags naming the machine, the torch build and the device ``device`` (a params value) resolves to."""
+    """Tags naming the machine, the torch build, the device ``device`` (a params value) resolves to, and the
+    torch thread count (CPU results are bit-reproducible at one thread count only)."""
     try:
         resolved = str(resolve_device(device))
     except RuntimeError:  # e.g. xla without torch_xla: the stage itself reports that; the tag says what was asked
         resolved = device
-    return {**_machine_tags(), "env.device": resolved}
+    return {**_machine_tags(), "env.device": resolved, "env.torch_threads": str(torch.get_num_threads())}
