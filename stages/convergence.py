@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from noisy_student.report.convergence import converged_at, convergence_plot, teacher_convergence
+from noisy_student.report.convergence import converged_at, convergence_plot, doubling_summary, teacher_convergence
 from noisy_student.report.history import mlflow_runs
 from noisy_student.tracking import tracking_uri
 from stages._common import PARAMS_OPTION, params_or_exit
@@ -29,6 +29,8 @@ def main(
         typer.secho(f"no finished teacher runs for {experiments or 'any experiment'} in {tracking_uri()}", err=True)
         raise typer.Exit(1)
     typer.echo(table.to_markdown(index=False))
+    typer.echo("")
+    typer.echo(doubling_summary(table).to_markdown(index=False))
     for precision, epochs in converged_at(table, threshold).items():
         verdict = f"converged at {epochs} epochs" if epochs else "not shown converged"
         typer.echo(f"precision {precision}: {verdict} (doubling adds < {threshold} points on every seed)")

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from noisy_student.report.convergence import converged_at, convergence_plot, teacher_convergence
+from noisy_student.report.convergence import converged_at, convergence_plot, doubling_summary, teacher_convergence
 from noisy_student.report.history import RUN_COLUMNS, mlflow_runs
 
 
@@ -60,6 +60,15 @@ def test_converged_needs_the_doubling_below_threshold_on_every_seed() -> None:
     assert converged_at(table, threshold=0.2) == {"auto": None}  # seed 1's +0.22 fails
     one_seed = table[~((table["seed"] == 1) & (table["epochs"] == 800))]
     assert converged_at(one_seed) == {"auto": None}  # 400 was not doubled on seed 1
+
+
+def test_doubling_summary_is_over_the_seeds_that_ran_both_lengths() -> None:
+    summary = doubling_summary(teacher_convergence(_runs()))
+    assert summary[["precision", "from_epochs", "n"]].values.tolist() == [["auto", 200, 2], ["auto", 400, 2]]
+    gains = np.array([0.06, 0.22])  # 400 -> 800 on seeds 0 and 1
+    assert summary.loc[1, "mean"] == pytest.approx(gains.mean())
+    assert summary.loc[1, "std"] == pytest.approx(gains.std(ddof=1), abs=1e-3)
+    assert summary.loc[1, ["min", "max"]].tolist() == pytest.approx([0.06, 0.22])
 
 
 def test_plot_is_written(tmp_path: Path) -> None:
