@@ -21,9 +21,10 @@ KEY_COLUMNS = ["store", "dvc_exp", "seed", "machine"]
 TOTAL = "last - teacher"  # the whole method: the last iteration's student over the first teacher
 
 
-def _latest_finished(runs: pd.DataFrame, name: str) -> pd.DataFrame:
-    done = runs[(runs["run_name"] == name) & (runs["status"] == "FINISHED")]
-    return done.sort_values("start_time").groupby(["store", "dvc_exp"], sort=False).tail(1)
+def _latest_finished(runs: pd.DataFrame) -> pd.DataFrame:
+    """The newest finished run per store, experiment and run name (reruns: the last one is the result)."""
+    done = runs[runs["status"] == "FINISHED"]
+    return done.sort_values("start_time").groupby(["store", "dvc_exp", "run_name"], sort=False).tail(1)
 
 
 def _machine(env: object) -> str:
@@ -43,16 +44,16 @@ def seed_gains(runs: pd.DataFrame, experiments: Sequence[str] | None = None) -> 
     rows). ``experiments``: the ``dvc_exp`` names to keep (None: every experiment with an ``eval@teacher``).
     Columns: :data:`KEY_COLUMNS` (``machine`` from the teacher run's env tags), then one per model
     (``teacher``, ``it1``, ... in iteration order), then ``<student> - <its labeler>`` per student and
-    :data:`TOTAL` (the last student in the row minus the teacher). Rows sorted by seed, then experiment.
+    :data:`TOTAL` (the last student in the row minus the teacher). Rows sorted by seed, experiment, store.
     """
     if "store" not in runs.columns:
         runs = runs.assign(store="")
     if experiments is not None:
         runs = runs[runs["dvc_exp"].isin(list(experiments))]
-    evals = runs[runs["run_name"].str.startswith("eval@") & (runs["status"] == "FINISHED")]
-    evals = evals.sort_values("start_time").groupby(["store", "dvc_exp", "run_name"], sort=False).tail(1)
+    latest = _latest_finished(runs)
+    evals = latest[latest["run_name"].str.startswith("eval@")]
     models = ordered_models(name.removeprefix("eval@") for name in set(evals["run_name"]))
-    teachers = _latest_finished(runs, "teacher").set_index(["store", "dvc_exp"])
+    teachers = latest[latest["run_name"] == "teacher"].set_index(["store", "dvc_exp"])
     labelers: dict[tuple[str, str, str], str] = {}  # (store, experiment, student) -> the model that labeled its pool
     for run in runs[runs["run_name"].str.startswith("student@")].itertuples():
         if isinstance(run.teacher_name, str):
@@ -84,7 +85,7 @@ def seed_gains(runs: pd.DataFrame, experiments: Sequence[str] | None = None) -> 
         return pd.DataFrame(columns=KEY_COLUMNS + models)
     gains = [c for c in table.columns if " - " in c and c != TOTAL]
     columns = KEY_COLUMNS + models + gains + ([TOTAL] if TOTAL in table.columns else [])
-    return table[columns].sort_values(["seed", "dvc_exp"], ignore_index=True)
+    return table[columns].sort_values(["seed", "dvc_exp", "store"], ignore_index=True)
 
 
 def seed_summary(table: pd.DataFrame) -> pd.DataFrame:
