@@ -152,3 +152,21 @@ def test_errors_never_print_a_whole_mapping() -> None:
         parse_params(raw)
     line = str(err.value).splitlines()[1]
     assert "filter.confidence_threshold" in line and "a mapping with keys" in line and len(line) < 250, line
+
+
+def test_warm_start_needs_the_teachers_network_and_is_checked_up_front() -> None:
+    raw = _raw()
+    # the default it2 warm-starts from it1: same student network, valid
+    raw["iterations"] = {"it1": {"teacher": "teacher"}, "it2": {"teacher": "it1", "student": {"init": "teacher"}}}
+    assert parse_params(raw).for_iteration("it2").student.init == "teacher"
+    # a larger it2 student cannot start from it1's weights
+    raw["iterations"]["it2"]["student"]["model"] = {"arch": "resnet26d"}
+    with pytest.raises(ParamsError, match=r"key 'iterations\.it2\.student\.init'.*resnet26d.*'it1'.*resnet18d"):
+        parse_params(raw)
+    # nor can it1's student warm-start from the (smaller) teacher network
+    raw = _raw()
+    raw["student"]["init"] = "teacher"
+    with pytest.raises(ParamsError, match=r"key 'student\.init': got 'teacher' for it1.*resnet18d.*resnet10t"):
+        parse_params(raw)
+    raw["student"]["model"] = dict(raw["teacher"]["model"])
+    assert parse_params(raw).student.init == "teacher"

@@ -2,13 +2,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from noisy_student.config import ModelParams, OptimParams, StudentNoiseParams
+from noisy_student.data.imageset import ImageSet
 from noisy_student.models import create_classifier
 from noisy_student.seeds import seed_everything
 from noisy_student.training import TrainData, joint_loss, one_hot, train_classifier
+from noisy_student.training.recipe import PlanError, RunPlan, TrainingInputs, build_model
 
 NOISE = StudentNoiseParams(randaugment_num_ops=1, randaugment_magnitude=5, dropout=0.1, stochastic_depth=0.1)
 
@@ -197,3 +200,33 @@ def test_evaluation_frequency_does_not_change_the_trained_weights() -> None:
     assert sum("top1" in h for h in often_hist) == 4 and sum("top1" in h for h in rarely_hist) == 1
     for (k, a), b in zip(often.state_dict().items(), rarely.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
+
+
+def _warm_plan(arch: str, warm: bool = True) -> RunPlan:
+    return RunPlan(
+        "student-it2", 0, "cpu", ModelParams(arch=arch), OptimParams(), NOISE, 64, unlabeled_ratio=2, warm_start=warm
+    )
+
+
+def test_warm_start_starts_from_the_teachers_weights_and_refuses_another_network() -> None:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (8, 16, 16), dtype=np.uint8)
+    n = len(images)
+    labeled = ImageSet(images, np.arange(n) % 2, np.arange(n), np.full(n, "test"))
+    inputs = TrainingInputs(labeled, labeled, num_classes=2)
+    teacher, _ = build_model(_warm_plan("test_resnet", warm=False), inputs)
+    with torch.no_grad():  # a teacher that is not the student's own seeded initialisation
+        for p in teacher.parameters():
+            p.add_(torch.randn_like(p))
+    weights = teacher.state_dict()
+    student, _ = build_model(_warm_plan("test_resnet"), inputs, weights)
+    got = student.state_dict()
+    assert list(got) == list(weights)
+    for name, tensor in weights.items():
+        torch.testing.assert_close(got[name], tensor, rtol=0, atol=0, msg=name)
+    cold, _ = build_model(_warm_plan("test_resnet", warm=False), inputs, weights)  # init: scratch ignores them
+    assert not any(torch.equal(p, weights[name]) for name, p in cold.named_parameters())
+    with pytest.raises(PlanError, match="needs the teacher's weights"):
+        build_model(_warm_plan("test_resnet"), inputs)
+    with pytest.raises(PlanError, match="needs the teacher's architecture"):
+        build_model(_warm_plan("resnet10t"), inputs, weights)

@@ -477,17 +477,46 @@ def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
         raise ParamsError(f"{source}: invalid parameters:\n  - " + "\n  - ".join(lines)) from None
     # every iteration's overrides are validated up front, named by their own key
     lines = []
+    merged: dict[str, Params] = {}
     for name in params.iterations:
         try:
-            params.for_iteration(name)
+            merged[name] = params.for_iteration(name)
         except ValidationError as exc:
             for e in exc.errors():
                 section = str(e["loc"][0]) if e["loc"] else ""
                 prefix = ("iterations", name) if section in OVERRIDABLE else ()
                 lines.append(_describe({**e, "loc": (*prefix, *e["loc"])}))
+    if not lines:
+        lines = _warm_start_mismatches(params, merged)
     if lines:
         raise ParamsError(f"{source}: invalid parameters:\n  - " + "\n  - ".join(lines))
     return params
+
+
+def _warm_start_mismatches(params: Params, merged: dict[str, Params]) -> list[str]:
+    """Iterations whose student warm-starts (``student.init: teacher``) from a different network.
+
+    The teacher's weights load into the student only if both are the same timm network; checked here
+    so a mismatch stops ``dvc repro`` before the teacher and predict stages instead of at the student.
+    """
+    lines = []
+    for name, it in merged.items():
+        student = it.student
+        if student.init != "teacher":
+            continue
+        labeler = params.iterations[name].teacher
+        model = params.teacher.model if labeler == "teacher" else merged[labeler].student.model
+        ours, theirs = student.model, model
+        if (ours.arch, ours.kwargs, ours.small_image) == (theirs.arch, theirs.kwargs, theirs.small_image):
+            continue
+        key = "iterations." + name + ".student.init" if "init" in params.iterations[name].student else "student.init"
+        lines.append(
+            f"key '{key}': got 'teacher' for {name}, whose student ({ours.arch}, kwargs {ours.kwargs}, "
+            f"small_image {ours.small_image}) is not the network of its teacher {labeler!r} ({theirs.arch}, "
+            f"kwargs {theirs.kwargs}, small_image {theirs.small_image}); expected: 'scratch', or the same "
+            "student.model as the teacher"
+        )
+    return lines
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
