@@ -500,21 +500,19 @@ def _warm_start_mismatches(params: Params, merged: dict[str, Params]) -> list[st
     so a mismatch stops ``dvc repro`` before the teacher and predict stages instead of at the student.
     """
     lines = []
+    network = {"arch", "kwargs", "small_image"}  # what decides the state dict's keys and shapes
     for name, it in merged.items():
-        student = it.student
-        if student.init != "teacher":
+        if it.student.init != "teacher":
             continue
         labeler = params.iterations[name].teacher
-        model = params.teacher.model if labeler == "teacher" else merged[labeler].student.model
-        ours, theirs = student.model, model
-        if (ours.arch, ours.kwargs, ours.small_image) == (theirs.arch, theirs.kwargs, theirs.small_image):
+        teacher_model = params.teacher.model if labeler == "teacher" else merged[labeler].student.model
+        ours, theirs = it.student.model.model_dump(include=network), teacher_model.model_dump(include=network)
+        if ours == theirs:
             continue
-        key = "iterations." + name + ".student.init" if "init" in params.iterations[name].student else "student.init"
+        key = f"iterations.{name}.student.init" if "init" in params.iterations[name].student else "student.init"
         lines.append(
-            f"key '{key}': got 'teacher' for {name}, whose student ({ours.arch}, kwargs {ours.kwargs}, "
-            f"small_image {ours.small_image}) is not the network of its teacher {labeler!r} ({theirs.arch}, "
-            f"kwargs {theirs.kwargs}, small_image {theirs.small_image}); expected: 'scratch', or the same "
-            "student.model as the teacher"
+            f"key '{key}': got 'teacher' for {name}, whose student network {ours} is not that of its teacher "
+            f"{labeler!r} {theirs}; expected: 'scratch', or the same student.model as the teacher"
         )
     return lines
 
