@@ -1,4 +1,4 @@
-"""``python -m stages`` (or ``noisy-student``): every DVC stage as one typer CLI."""
+"""``python -m stages`` (or ``noisy-student``): every DVC stage, under its dvc.yaml name, and the tools beside them."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import typer
 
 from stages import (
     check_params,
-    convergence,
     eval_a,
     eval_c,
     eval_fgsm,
@@ -17,31 +16,45 @@ from stages import (
     prepare,
     report,
     robustness_data,
-    seeds,
+    seed_gains,
     shard,
     student,
     teacher,
+    teacher_convergence,
     ui,
 )
 
-app = typer.Typer(help="Noisy Student Training stages (the same commands dvc.yaml runs).", no_args_is_help=True)
-app.command("check-params")(check_params.main)
-app.command("prepare")(prepare.main)
-app.command("teacher")(teacher.main)
-app.command("predict")(predict.main)
-app.command("filter-balance")(filter_balance.main)
-app.command("student")(student.main)
-app.command("eval")(evaluate.main)
-app.command("robustness-data")(robustness_data.main)
-app.command("eval-c")(eval_c.main)
-app.command("eval-p")(eval_p.main)
-app.command("eval-a")(eval_a.main)
-app.command("eval-fgsm")(eval_fgsm.main)
-app.command("report")(report.main)
-app.command("ui")(ui.main)
-app.command("shard")(shard.main)
-app.command("teacher-convergence")(convergence.main)
-app.command("seed-gains")(seeds.main)
+PIPELINE = "Pipeline stages (dvc.yaml)"
+TOOLS = "Tools (not DVC stages)"
+
+app = typer.Typer(
+    help="Noisy Student Training: the pipeline stages dvc.yaml runs (same names), and tools that are not DVC stages.",
+    no_args_is_help=True,
+)
+# one spelling per command: a stage's command is its dvc.yaml stage name, case included
+for name, module in [
+    ("check-params", check_params),
+    ("prepare", prepare),
+    ("teacher", teacher),
+    ("predict", predict),
+    ("filter-balance", filter_balance),
+    ("student", student),
+    ("eval", evaluate),
+    ("robustness-data", robustness_data),
+    ("eval-C", eval_c),
+    ("eval-P", eval_p),
+    ("eval-A", eval_a),
+    ("eval-FGSM", eval_fgsm),
+    ("report", report),
+]:
+    app.command(name, rich_help_panel=PIPELINE)(module.main)
+for name, module in [
+    ("ui", ui),
+    ("shard", shard),
+    ("teacher-convergence", teacher_convergence),
+    ("seed-gains", seed_gains),
+]:
+    app.command(name, rich_help_panel=TOOLS)(module.main)
 
 if __name__ == "__main__":
     app()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
+import os
 import sys
 from pathlib import Path
 
@@ -23,7 +23,11 @@ def main(
     typer.echo(f"open {url}")
     uri = tracking_uri()
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
-    raise typer.Exit(subprocess.call(command))
+    # Become mlflow rather than wait on it as a child: SIGTERM / SIGINT then reach mlflow ui itself, which
+    # forwards them to uvicorn, and its job runner (huey consumers) exits once uvicorn is gone
+    # (tests/test_ui.py). A child would outlive us with all its workers. Flush first: exec drops the buffer.
+    sys.stdout.flush()
+    os.execv(sys.executable, command)
 
 
 if __name__ == "__main__":

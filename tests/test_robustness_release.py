@@ -93,7 +93,7 @@ def test_eval_c_reads_imagenet_c_release(tmp_path: Path) -> None:
     model = constant_model(tmp_path / "gray.pt", in_chans=1)  # RGB JPEGs are converted to L
     params = params_file(tmp_path, imagenet_c_dir=str(root), class_index_file=str(classes), imagenet_val_dir=str(val))
     metrics = tmp_path / "c.json"
-    out = invoke("eval-c", model, params, metrics)
+    out = invoke("eval-C", model, params, metrics)
     assert "eval-C m: mCE" in out.output
     m = json.loads(metrics.read_text())
     for corruption in ("fog", "gaussian_noise"):
@@ -115,7 +115,7 @@ def test_eval_c_release_layout_error_is_one_line(tmp_path: Path) -> None:
     for wnid in WNIDS:  # all the model's classes: the sorted folders serve as the class list
         write_image(root / "fog" / "1" / wnid / "a.JPEG", 10)  # but severities 2..5 are missing
     model = constant_model(tmp_path / "m.pt", in_chans=1)
-    result = invoke("eval-c", model, params_file(tmp_path, imagenet_c_dir=str(root)), tmp_path / "c.json", False)
+    result = invoke("eval-C", model, params_file(tmp_path, imagenet_c_dir=str(root)), tmp_path / "c.json", False)
     assert result.exit_code == 2
     assert "fog/2" in result.output and "<severity 1..5>" in result.output
 
@@ -133,13 +133,13 @@ def test_eval_a_masks_logits_to_the_release_classes(tmp_path: Path) -> None:
     model = constant_model(tmp_path / "rgb.pt", in_chans=3)
     metrics = tmp_path / "a.json"
     params = params_file(tmp_path, imagenet_a_dir=str(root), class_index_file=str(classes), crop_fraction=0.875)
-    invoke("eval-a", model, params, metrics)
+    invoke("eval-A", model, params, metrics)
     m = json.loads(metrics.read_text())
     # unmasked, class 0 would win every image (top-1 0); over the subset, class 1 wins: 2 of 4 right
     assert m["top1"] == pytest.approx(0.5) and m["top5"] == pytest.approx(1.0)
     assert m["images"] == 4 and m["classes"] == 3 and m["channels"] == 3 and m["source"] == str(root)
     # without the class index file the stage refuses, naming the key
-    result = invoke("eval-a", model, params_file(tmp_path, imagenet_a_dir=str(root)), metrics, expect_ok=False)
+    result = invoke("eval-A", model, params_file(tmp_path, imagenet_a_dir=str(root)), metrics, expect_ok=False)
     assert result.exit_code == 2 and "class_index_file" in result.output
 
 
@@ -170,21 +170,21 @@ def test_eval_p_reads_videos_and_frame_folders(tmp_path: Path) -> None:
     model = constant_model(tmp_path / "gray.pt", in_chans=1)
     metrics = tmp_path / "p.json"
     # without a class index file the wnid folders must cover the model's 6 classes: here they do not
-    result = invoke("eval-p", model, params_file(tmp_path, imagenet_p_dir=str(root)), metrics, expect_ok=False)
+    result = invoke("eval-P", model, params_file(tmp_path, imagenet_p_dir=str(root)), metrics, expect_ok=False)
     assert result.exit_code == 2 and "class_index_file" in result.output and "2 class folders" in result.output
     classes = tmp_path / "classes.json"
     classes.write_text(json.dumps(WNIDS))
     params = params_file(
         tmp_path, imagenet_p_dir=str(root), p_baseline_file=str(baseline), class_index_file=str(classes)
     )
-    invoke("eval-p", model, params, metrics)
+    invoke("eval-P", model, params, metrics)
     m = json.loads(metrics.read_text())
     # a model that ignores its input never flips: FP, FR and mFR are exactly 0
     assert m["fp_gaussian_noise"] == 0.0 and m["fp_rotate"] == 0.0 and m["t5d_raw_rotate"] == 0.0
     assert m["mfr"] == 0.0 and m["mfr_perturbations"] == 2 and m["mt5d_perturbations"] == 0
     assert m["sequences"] == 3 and m["source"] == str(root)
     # without a baseline file: raw numbers only, no mFR (report.py shows it as missing)
-    invoke("eval-p", model, params_file(tmp_path, imagenet_p_dir=str(root), class_index_file=str(classes)), metrics)
+    invoke("eval-P", model, params_file(tmp_path, imagenet_p_dir=str(root), class_index_file=str(classes)), metrics)
     m = json.loads(metrics.read_text())
     assert "mfr" not in m and m["mfr_perturbations"] == 0 and "fp_rotate" in m
 
