@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV_BIN := $(CURDIR)/.venv/bin
 export PATH := $(VENV_BIN):$(PATH)
 
-.PHONY: setup run test lint
+.PHONY: setup run quick test lint
 
 setup:
 	bash scripts/setup.sh
@@ -12,9 +12,12 @@ setup:
 run: setup
 	dvc repro
 
-## make test: install everything, then run the lint and the test suite
-test: setup
-	ruff check .
+## make quick: install everything, then a ~5-minute smoke run of every stage in .quick/ (profiles/quick.yaml)
+quick: setup
+	bash scripts/quick.sh
+
+## make test: install everything, then run the lint (make lint) and the test suite
+test: lint
 	python -m pytest
 
 lint: setup

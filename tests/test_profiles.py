@@ -5,17 +5,27 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
-from noisy_student.config import load_params
+from noisy_student.config import Params, load_params, parse_params
+from noisy_student.profiles import apply_overlay, main, read_yaml, unknown_keys
 
-PROFILES = Path(__file__).resolve().parents[1] / "profiles"
+ROOT = Path(__file__).resolve().parents[1]
+PROFILES = ROOT / "profiles"
+# profiles applied onto params.yaml (scripts/quick.sh); the others replace it (cp profiles/<name> params.yaml)
+OVERLAYS = ("quick.yaml",)
+
+
+def overlaid(name: str) -> Params:
+    return parse_params(apply_overlay(read_yaml(ROOT / "params.yaml"), read_yaml(PROFILES / name)), name)
 
 
 def test_every_profile_validates() -> None:
     files = sorted(PROFILES.glob("*.yaml"))
     assert files, f"no profiles in {PROFILES}"
+    assert set(OVERLAYS) <= {path.name for path in files}
     for path in files:
-        params = load_params(path)
+        params = overlaid(path.name) if path.name in OVERLAYS else load_params(path)
         for name in params.iterations:
             params.for_iteration(name)  # every iteration's merged sections validate too
 
@@ -36,3 +46,49 @@ def test_imagenet_profile_is_the_papers_efficientnet_recipe() -> None:
     assert (p.noise.dropout, p.noise.stochastic_depth) == (0.5, 0.2)
     assert (p.filter.confidence_threshold, p.pseudo_labels.mode) == (0.3, "soft")
     assert p.iterations["it2"].teacher == "it1"
+
+
+def test_quick_overlay_names_only_keys_of_params_yaml() -> None:
+    # a key renamed or removed in params.yaml must fail here, not linger in the overlay doing nothing
+    assert unknown_keys(read_yaml(ROOT / "params.yaml"), read_yaml(PROFILES / "quick.yaml")) == []
+
+
+def test_quick_profile_is_the_default_pipeline_shrunk() -> None:
+    default, quick = load_params(ROOT / "params.yaml"), overlaid("quick.yaml")
+    # every stage of the default runs: both iterations (it2 warm-started from it1), all three evaluations
+    assert quick.iterations == default.iterations
+    assert list(quick.iterations) == ["it1", "it2"] and quick.iterations["it2"].teacher == "it1"
+    assert quick.for_iteration("it2").student.init == "teacher"
+    assert quick.evaluate == default.evaluate == ("teacher", "it1", "it2")
+    assert (quick.teacher.model, quick.student.model) == (default.teacher.model, default.student.model)
+    assert quick.noise == default.noise
+    # smaller and shorter
+    assert quick.data.labeled_per_class < default.data.labeled_per_class
+    assert quick.data.unlabeled_size is not None and quick.data.test_size is not None
+    assert quick.teacher.optim.epochs < default.teacher.optim.epochs
+    assert quick.student.optim.epochs < default.student.optim.epochs
+    # its own MLflow experiment, and never the registry's champion
+    assert quick.tracking.experiment != default.tracking.experiment
+    assert quick.tracking.registered_model is None
+
+
+def test_overlay_refuses_keys_the_base_lacks() -> None:
+    base = {"student": {"optim": {"epochs": 140, "lr": 0.05}}, "evaluate": ["teacher", "it1"]}
+    merged = apply_overlay(base, {"student": {"optim": {"epochs": 3}}, "evaluate": ["teacher"]})
+    assert merged == {"student": {"optim": {"epochs": 3, "lr": 0.05}}, "evaluate": ["teacher"]}  # lists replace
+    assert base["student"]["optim"]["epochs"] == 140  # the base is left as it was
+    assert unknown_keys(base, {"student": {"optim": {"epoch": 3}}, "seed": 1}) == ["student.optim.epoch", "seed"]
+    with pytest.raises(ValueError, match="student.optim.epoch"):
+        apply_overlay(base, {"student": {"optim": {"epoch": 3}}})
+
+
+def test_cli_writes_the_merged_params(tmp_path: Path) -> None:
+    out = tmp_path / "params.yaml"
+    main([str(ROOT / "params.yaml"), str(PROFILES / "quick.yaml"), "--out", str(out)])
+    assert load_params(out) == overlaid("quick.yaml")
+    assert list(yaml.safe_load(out.read_text())) == list(read_yaml(ROOT / "params.yaml"))  # params.yaml's order
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("teacher: {optim: {epoch: 3}}\n")
+    with pytest.raises(SystemExit) as exc:
+        main([str(ROOT / "params.yaml"), str(bad), "--out", str(tmp_path / "never.yaml")])
+    assert exc.value.code == 2 and not (tmp_path / "never.yaml").exists()
