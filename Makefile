@@ -1,4 +1,4 @@
-# The two commands of the README. Both install what is missing first.
+# The README's commands. Each installs what is missing first.
 SHELL := /bin/bash
 VENV_BIN := $(CURDIR)/.venv/bin
 export PATH := $(VENV_BIN):$(PATH)
