@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from noisy_student.config import ParamsError, parse_params
+from noisy_student.tracking.dvclock import _MISSING, lookup  # dvc.lock's dotted-key walk, the same one
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -48,12 +49,7 @@ def _default_raw() -> dict[str, Any]:
 
 
 def _has_key(raw: dict[str, Any], dotted: str) -> bool:
-    node: Any = raw
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return False
-        node = node[part]
-    return True
+    return lookup(raw, dotted) is not _MISSING
 
 
 def _set(raw: dict[str, Any], dotted: str, value: Any) -> None:
@@ -74,17 +70,14 @@ def _value(text: str) -> Any:
 
 def _current(key: str, default: dict[str, Any]) -> Any:
     """The value ``key`` has today: in params.yaml, or (an added iteration override) in that iteration's merge."""
-    node: Any = default
+    node: dict[str, Any] = default
     if not _has_key(default, key):
         parts = key.split(".")  # iterations.<name>.<section>.<...>
         if parts[0] != "iterations" or len(parts) < 4:
             return None
         node, key = parse_params(default).for_iteration(parts[1]).model_dump(), ".".join(parts[2:])
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
+    value = lookup(node, key)
+    return None if value is _MISSING else value
 
 
 def override_problems(text: str) -> list[str]:
