@@ -2,7 +2,8 @@
 
 Writes ``--rows`` synthetic prediction rows over ``--classes`` classes with
 top-``--k`` soft labels as Parquet shards of ``--shard-rows`` (the layout
-``predict`` writes with ``pseudo_labels.top_k``), then runs
+``predict`` writes with ``pseudo_labels.top_k``, one shard per tar of the pool,
+each row naming its tar in ``shard``), then runs
 ``filter_balance_shards`` (threshold 0.3, ``--per-class`` K, balance, seed 0)
 in a fresh child process and reports its wall time and peak RSS
 (``getrusage`` ru_maxrss of the child; psutil is not needed). Class sizes are
@@ -34,7 +35,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from _common import now, peak_rss_mib
 
-from noisy_student.pseudo_labels import TOPK_CLASSES, TOPK_PROBS, filter_balance_shards, select_rows, shard_files
+from noisy_student.data.wds import tar_name
+from noisy_student.pseudo_labels.select import filter_balance_shards, select_rows
+from noisy_student.pseudo_labels.shards import shard_files
+from noisy_student.pseudo_labels.targets import TOPK_CLASSES, TOPK_PROBS
 
 sys.path.insert(0, str(_common.ROOT))  # the in-memory reference filter lives beside the tests that use it
 from tests.reference_filter import filter_and_balance  # noqa: E402
@@ -66,6 +70,7 @@ def write_shards(folder: Path, rows: int, classes: int, k: int, shard_rows: int)
                 "confidence": pa.array(conf),
                 TOPK_PROBS: pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), k),
                 TOPK_CLASSES: pa.FixedSizeListArray.from_arrays(pa.array(top.reshape(-1)), k),
+                "shard": pa.array([tar_name("unlabeled", shard)] * n, pa.string()),
             }
         )
         pq.write_table(table, folder / f"part-{shard:05d}.parquet")

@@ -21,9 +21,11 @@ from _common import device_of, machine
 
 from noisy_student.config import FixResParams, load_params
 from noisy_student.data import load_imageset
+from noisy_student.data.wds import split_path
 from noisy_student.evaluation import images_tensor, predict_logits, topk_accuracy
 from noisy_student.models import load_classifier
-from noisy_student.training import fixres_finetune, one_hot
+from noisy_student.training.batches import TrainData, one_hot
+from noisy_student.training.fixres import fixres_finetune
 
 
 def main() -> None:
@@ -40,7 +42,7 @@ def main() -> None:
 
     device = device_of(args.device)
     params = load_params(args.params)
-    labeled, test = load_imageset(args.data / "labeled.npz"), load_imageset(args.data / "test.npz")
+    labeled, test = load_imageset(split_path(args.data, "labeled")), load_imageset(split_path(args.data, "test"))
     x_lab, x_test = images_tensor(labeled.images), images_tensor(test.images)
     print(machine())
 
@@ -57,7 +59,9 @@ def main() -> None:
         model.input_size = size
         resized = top1(model)
         fixres = FixResParams(epochs=args.epochs, image_size=size, lr=args.lr, freeze_stages=args.freeze_stages)
-        tuned, _ = fixres_finetune(model, x_lab, targets, params.student.optim, fixres, device=device, seed=params.seed)
+        tuned, _ = fixres_finetune(
+            model, TrainData(x_lab, targets), params.student.optim, fixres, device=device, seed=params.seed
+        )
         after = top1(tuned.eval())
         print(f"{size:>4} px: resized only {resized:.2f} %, after {args.epochs}-epoch FixRes finetune {after:.2f} %")
 

@@ -1,13 +1,15 @@
 """Predict path vs bare inference, in images per second.
 
-Real: what the ``predict`` stage does per image - ``predict_logits`` on uint8
-host images (batching, host->device copy, float conversion, eval-mode
-forward), ``softmax`` at the configured temperature, and one Parquet shard
-per ``shard_size`` images built by ``prediction_table`` and written to a temp
-folder. Bare: the same model in eval mode under ``no_grad`` on float batches
-already on the device (autocast bf16 on CUDA, as ``predict_logits``). The
-stage streams the same work in chunks of whole batches (one shard's worth at
-a time); here it is done in one pass, which costs the same per image.
+Real: what the ``predict`` stage does per image once it is decoded - ``predict_logits``
+on uint8 host images (batching, host->device copy, float conversion, eval-mode
+forward), ``softmax`` at the configured temperature, and one Parquet shard per
+tar of the pool (``--shard-size`` images, default ``data.wds_shard_size``) built
+by ``prediction_table`` and written to a temp folder. Bare: the same model in
+eval mode under ``no_grad`` on float batches already on the device (autocast
+bf16 on CUDA, as ``predict_logits``). The stage labels the pool one tar at a
+time, decoding each batch's PNGs first (not timed here: ``bench/streaming.py``'s
+``predict`` case runs the whole stage on tars); here the images are labelled in
+one pass, which costs the same per image.
 
 Both are run ``--repeats`` times alternately and the best of each is kept
 (a shared machine's load changes between runs).
@@ -29,9 +31,11 @@ import torch
 from _common import device_of, machine, now, sync
 
 from noisy_student.config import load_params
+from noisy_student.data.wds import tar_name
 from noisy_student.evaluation import predict_logits
 from noisy_student.models import create_classifier
-from noisy_student.pseudo_labels import prediction_table, softmax
+from noisy_student.pseudo_labels.shards import prediction_table
+from noisy_student.pseudo_labels.targets import softmax
 
 NUM_CLASSES = 10
 
@@ -52,8 +56,8 @@ def bare(model: torch.nn.Module, n: int, batch: int, device: torch.device) -> fl
     return (n // batch) * batch / (now() - start)
 
 
-def real(model: torch.nn.Module, n: int, params, device: torch.device) -> dict[str, float]:  # noqa: ANN001
-    """Seconds of each part of the predict path for ``n`` uint8 host images."""
+def real(model: torch.nn.Module, n: int, params, device: torch.device, shard_size: int) -> dict[str, float]:  # noqa: ANN001
+    """Seconds of each part of the predict path for ``n`` uint8 host images, ``shard_size`` per tar."""
     pl = params.pseudo_labels
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=gen)
@@ -67,9 +71,10 @@ def real(model: torch.nn.Module, n: int, params, device: torch.device) -> dict[s
     probs = softmax(logits, pl.temperature)
     t2 = now()
     with tempfile.TemporaryDirectory() as tmp:
-        for shard, start in enumerate(range(0, n, pl.shard_size)):
-            sl = slice(start, start + pl.shard_size)
-            table = prediction_table(ids[sl], source[sl], labels[sl], probs[sl], pl.top_k)
+        for shard, start in enumerate(range(0, n, shard_size)):  # one output file per tar of the pool
+            sl = slice(start, start + shard_size)
+            tar = tar_name("unlabeled", shard)
+            table = prediction_table(ids[sl], source[sl], labels[sl], probs[sl], tar, pl.top_k)
             pq.write_table(table, Path(tmp) / f"part-{shard:05d}.parquet")
     t3 = now()
     return {"predict_logits": t1 - t0, "softmax": t2 - t1, "parquet": t3 - t2, "total": t3 - t0}
@@ -80,6 +85,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--images", type=int, default=8192)
+    parser.add_argument("--shard-size", type=int, help="images per tar / Parquet shard (default: data.wds_shard_size)")
     parser.add_argument("--model", choices=["teacher", "student"], default="teacher", help="which arch labels")
     parser.add_argument("--repeats", type=int, default=3, help="alternate bare/real this many times; best of each")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -93,13 +99,19 @@ def main() -> None:
     model, _ = create_classifier(model_params, NUM_CLASSES, 1, (0.286,), (0.353,))
     model = model.to(device)
     batch = params.pseudo_labels.batch_size
+    if args.images < batch:
+        parser.error(f"--images {args.images}: at least pseudo_labels.batch_size ({batch}) for one bare batch")
+    shard_size = args.shard_size or params.data.wds_shard_size
     print(f"machine: {machine()}; device {device}")
-    print(f"{args.model} {model_params.arch} {model_params.kwargs}, {args.images} images, batch {batch}")
+    print(
+        f"{args.model} {model_params.arch} {model_params.kwargs}, {args.images} images, batch {batch}, "
+        f"{shard_size} per tar"
+    )
     # alternate the two and keep the best of each: on a shared machine the load changes between runs
     bare_ips, parts = 0.0, {"total": float("inf")}
     for _ in range(args.repeats):
         bare_ips = max(bare_ips, bare(model, args.images, batch, device))
-        parts = min(parts, real(model, args.images, params, device), key=lambda p: p["total"])
+        parts = min(parts, real(model, args.images, params, device, shard_size), key=lambda p: p["total"])
     real_ips = args.images / parts["total"]
     print(f"bare inference (device tensors): {bare_ips:9.1f} images/s")
     print(f"real predict path:               {real_ips:9.1f} images/s")

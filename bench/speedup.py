@@ -31,7 +31,8 @@ from _common import device_of, machine, now, sync
 from noisy_student.config import Params, load_params
 from noisy_student.devices import cpu_has_bf16, resolve_precision
 from noisy_student.models import create_classifier
-from noisy_student.training import TrainData, train_classifier
+from noisy_student.training.batches import TrainData
+from noisy_student.training.loop import train_classifier
 
 NUM_CLASSES = 10
 

@@ -35,7 +35,8 @@ from timm.optim import create_optimizer_v2
 from noisy_student.config import load_params
 from noisy_student.models import create_classifier
 from noisy_student.noise import BatchAugment
-from noisy_student.training import TrainData, train_classifier
+from noisy_student.training.batches import TrainData
+from noisy_student.training.loop import train_classifier
 
 NUM_CLASSES = 10
 

@@ -8,8 +8,9 @@ import torch
 
 from noisy_student import distributed
 from noisy_student.config import Params
+from noisy_student.console import fail, friendly_errors
 from noisy_student.devices import resolve_device
-from stages._common import fail, friendly_errors, torch_threads
+from stages._common import torch_threads
 
 
 def start_processes(params: Params, any_world: bool = False) -> None:

@@ -8,10 +8,11 @@ from contextlib import ExitStack, contextmanager
 import typer
 
 from noisy_student import distributed
+from noisy_student.console import friendly_errors
 from noisy_student.devices import resolve_device
 from noisy_student.paths import checkpoints_dir
-from noisy_student.training import PlanError, RunLockedError, RunPlan, TrainingInputs, claim_run, train_model
-from stages._common import friendly_errors
+from noisy_student.training.locks import RunLockedError, claim_run
+from noisy_student.training.recipe import PlanError, RunPlan, TrainingInputs, train_model, training_data
 from stages._processes import start_processes
 
 __all__ = ["exclusive_run", "other_rank_trains", "start_processes"]
@@ -29,8 +30,9 @@ def exclusive_run(plan: RunPlan, inputs: TrainingInputs) -> Iterator[str]:
             world = stack.enter_context(distributed.process_group(resolve_device(plan.device)))
         key = ""
         if world.main:
+            key = plan.key(training_data(plan, inputs))
             with friendly_errors(RunLockedError):
-                key = stack.enter_context(claim_run(plan, inputs, checkpoints_dir()))
+                stack.enter_context(claim_run(plan.name, key, checkpoints_dir()))
         try:
             key = distributed.broadcast(key)
         except RuntimeError:  # rank 0 left: it could not start the run and said why

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import typer
 
+from noisy_student.console import PARAMS_OPTION, params_or_exit
 from noisy_student.io import write_json
 from noisy_student.paths import PARAMS_CHECK
-from stages._common import PARAMS_OPTION, params_or_exit
 
 
 def main(

@@ -6,20 +6,13 @@ from pathlib import Path
 
 import typer
 
+from noisy_student.console import PARAMS_OPTION, friendly_errors, params_or_exit
 from noisy_student.data import load_imageset
 from noisy_student.paths import TEST, pgd_curve
 from noisy_student.report.charts import attack_curve
 from noisy_student.robustness.evaluate import evaluate_attacks, load_model_under_test, save_attack_curve
 from noisy_student.tracking import log_artifacts, log_datasets, stage_run, write_metrics
-from stages._common import (
-    METRICS_OPTION,
-    MODEL_OPTION,
-    NAME_OPTION,
-    PARAMS_OPTION,
-    friendly_errors,
-    params_or_exit,
-    torch_threads,
-)
+from stages._common import METRICS_OPTION, MODEL_OPTION, NAME_OPTION, torch_threads
 
 
 def main(

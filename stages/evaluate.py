@@ -7,19 +7,12 @@ from pathlib import Path
 import typer
 
 from noisy_student import paths, tracking
+from noisy_student.console import PARAMS_OPTION, friendly_errors, params_or_exit
 from noisy_student.data import load_imageset
 from noisy_student.devices import inference_dtype, resolve_device
 from noisy_student.evaluation import evaluate_classifier
 from noisy_student.models import load_classifier
-from stages._common import (
-    METRICS_OPTION,
-    MODEL_OPTION,
-    NAME_OPTION,
-    PARAMS_OPTION,
-    friendly_errors,
-    params_or_exit,
-    torch_threads,
-)
+from stages._common import METRICS_OPTION, MODEL_OPTION, NAME_OPTION, torch_threads
 
 
 def main(

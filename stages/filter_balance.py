@@ -7,11 +7,12 @@ from pathlib import Path
 import typer
 
 from noisy_student import paths
-from noisy_student.pseudo_labels import confidence_bins, filter_balance, shard_files, write_table
+from noisy_student.console import PARAMS_OPTION, friendly_errors, params_or_exit
+from noisy_student.pseudo_labels.select import confidence_bins, filter_balance, write_table
+from noisy_student.pseudo_labels.shards import shard_files
 from noisy_student.report.charts import confidence_histogram
 from noisy_student.seeds import seed_for
 from noisy_student.tracking import log_artifacts, stage_run, write_metrics
-from stages._common import PARAMS_OPTION, friendly_errors, params_or_exit
 
 
 def main(

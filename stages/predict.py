@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from noisy_student.console import PARAMS_OPTION, friendly_errors, params_or_exit
 from noisy_student.devices import inference_dtype, resolve_device
 from noisy_student.distributed import process_group, rank_device
 from noisy_student.paths import UNLABELED
@@ -18,7 +19,7 @@ from noisy_student.pseudo_labels.predict import (
 )
 from noisy_student.seeds import seed_for
 from noisy_student.tracking import log_datasets, stage_run, tag_checkpoints, write_metrics
-from stages._common import METRICS_OPTION, PARAMS_OPTION, friendly_errors, params_or_exit
+from stages._common import METRICS_OPTION
 from stages._processes import start_processes
 
 SHARD_HELP = "i/N: label only input shards j with j % N == i (job i of N); the run without it, after them, merges."
@@ -27,7 +28,7 @@ SHARD_HELP = "i/N: label only input shards j with j % N == i (job i of N); the r
 def main(
     iteration: str = typer.Option(..., help="Iteration name (a key of `iterations` in params)."),
     teacher: Path = typer.Option(..., help="Teacher checkpoint."),
-    unlabeled: Path = typer.Option(UNLABELED, help="Unlabeled pool: an .npz image set or a .wds folder of tars."),
+    unlabeled: Path = typer.Option(UNLABELED, help="Unlabeled pool: a .wds folder of tars."),
     out: Path = typer.Option(..., help="Folder of Parquet shards to write."),
     metrics: Path = METRICS_OPTION,
     params_file: Path = PARAMS_OPTION,
@@ -35,12 +36,11 @@ def main(
 ) -> None:
     """Predict soft pseudo labels at the configured temperature in eval mode.
 
-    Stores the full distribution, or its ``pseudo_labels.top_k`` largest entries when set. Input shard
-    j (``pseudo_labels.shard_size`` pool rows) becomes ``part-<j>.parquet``; shards already written
-    with this teacher and these params are skipped. ``--shard i/N`` jobs (any order, concurrently)
-    and ``torchrun --nproc_per_node N -m stages.predict ...`` (what ``distributed.processes: N``
-    starts) split the shards; the run without ``--shard`` (rank 0 under torchrun) completes the
-    folder and writes the metrics from its files. A ``.wds`` pool's input shards are its tars.
+    Stores the full distribution, or its ``pseudo_labels.top_k`` largest entries when set. Tar j of
+    the pool becomes ``part-<j>.parquet``; shards already written with this teacher and these params
+    are skipped. ``--shard i/N`` jobs (any order, concurrently) and ``torchrun --nproc_per_node N -m
+    stages.predict ...`` (what ``distributed.processes: N`` starts) split the tars; the run without
+    ``--shard`` (rank 0 under torchrun) completes the folder and writes the metrics from its files.
     """
     with friendly_errors(ValueError):
         part = parse_shard(shard) if shard is not None else None

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import typer
 
+from noisy_student.console import PARAMS_OPTION, params_or_exit
 from noisy_student.report.build import write_report
 from noisy_student.report.tables import BASELINE
 from noisy_student.tracking import experiment_name, tracking_uri
-from stages._common import PARAMS_OPTION, params_or_exit
 
 
 def main(

@@ -10,9 +10,9 @@ from pathlib import Path
 import typer
 
 from noisy_student import paths
+from noisy_student.console import PARAMS_OPTION, friendly_errors, params_or_exit
 from noisy_student.robustness.build import build_robustness_sets, load_build_inputs
 from noisy_student.tracking import stage_run, write_metrics
-from stages._common import PARAMS_OPTION, friendly_errors, params_or_exit
 
 
 def main(
@@ -26,7 +26,7 @@ def main(
 ) -> None:
     """Generate the corrupted / perturbed / natural-adversarial test sets and the baseline errors."""
     params = params_or_exit(params_file)
-    labeled = labeled if labeled is not None else test.with_name(paths.LABELED.stem + test.suffix)  # .npz or .wds
+    labeled = labeled if labeled is not None else test.with_name(paths.LABELED.name)
     with friendly_errors():
         inputs = load_build_inputs(params, test, labeled)
     with stage_run("robustness-data", params, ("robustness",)):

@@ -7,12 +7,14 @@ from pathlib import Path
 import typer
 
 from noisy_student import paths, tracking
-from noisy_student.data.wds import split_path as paths_split
+from noisy_student.console import PARAMS_OPTION, fail, friendly_errors, params_or_exit
+from noisy_student.data.wds import split_path
 from noisy_student.evaluation import images_tensor
 from noisy_student.models import count_parameters, load_classifier
-from noisy_student.training import PlanError, RunPlan, save_training_outputs, train_model
+from noisy_student.report.charts import training_curves
+from noisy_student.training.recipe import PlanError, RunPlan, save_training_outputs, train_model
 from noisy_student.training.sources import student_inputs
-from stages._common import METRICS_OPTION, PARAMS_OPTION, fail, friendly_errors, params_or_exit
+from stages._common import METRICS_OPTION
 from stages._train import exclusive_run, other_rank_trains, start_processes
 
 
@@ -30,12 +32,10 @@ def main(
     start_processes(params)  # distributed.processes > 1: runs this command under torchrun instead
     with friendly_errors():
         teacher_model, teacher_spec, _ = load_classifier(teacher)
-    fmt = params.data.format
-    with friendly_errors(ValueError):  # pool rows (npz) or keys (wds) repeated as filter-balance says, their targets
+    with friendly_errors(ValueError):  # the selected pool images, by id, repeated as filter-balance says
         inputs, stats = student_inputs(
             data,
-            fmt,
-            params.data.workers,
+            params.data,
             selected,
             teacher_spec.num_classes,
             params.pseudo_labels.mode,
@@ -49,7 +49,7 @@ def main(
         if other_rank_trains(plan, inputs, key, warm):
             return
         with tracking.stage_run("student", params, sections, iteration, key):
-            labeled, unlabeled, test = (paths_split(data, split, fmt) for split in ("labeled", "unlabeled", "test"))
+            labeled, unlabeled, test = (split_path(data, split) for split in ("labeled", "unlabeled", "test"))
             tracking.log_datasets(training=(labeled, selected, unlabeled), evaluation=(test,))
             try:
                 result = train_model(plan, inputs, paths.checkpoints_dir(), tracking.log_history, warm, key)
@@ -57,7 +57,8 @@ def main(
                 fail(f"{params_file}: {exc} (teacher: {teacher})")
                 raise
             csv, png = (paths.curves_file(iteration, s, metrics.parent) for s in ("csv", "png"))
-            save_training_outputs(result, plan.name, out, csv, png)
+            save_training_outputs(result, plan.name, out, csv)
+            training_curves(result.history, plan.name, png)
             tracking.tag_checkpoints(out, teacher, params.iterations[iteration].teacher)  # its teacher, by content
             tracking.log_artifacts("plots", png)
             tracking.log_artifacts("curves", csv)

@@ -7,10 +7,11 @@ from pathlib import Path
 import typer
 
 from noisy_student import paths, tracking
+from noisy_student.console import PARAMS_OPTION, friendly_errors, params_or_exit
 from noisy_student.data.wds import WdsDataError, split_path
-from noisy_student.training import RunPlan, save_training_outputs, train_model
+from noisy_student.report.charts import training_curves
+from noisy_student.training.recipe import RunPlan, save_training_outputs, train_model
 from noisy_student.training.sources import teacher_inputs
-from stages._common import PARAMS_OPTION, friendly_errors, params_or_exit
 from stages._train import exclusive_run, other_rank_trains, start_processes
 
 
@@ -23,10 +24,9 @@ def main(
     """Train the teacher with cross entropy, RandAugment, dropout and stochastic depth."""
     params = params_or_exit(params_file)
     start_processes(params)  # distributed.processes > 1: runs this command under torchrun instead
-    fmt = params.data.format
-    labeled_file, test_file = split_path(data, "labeled", fmt), split_path(data, "test", fmt)
-    with friendly_errors(WdsDataError):  # .npz arrays, or .wds shard folders streamed while training
-        inputs = teacher_inputs(data, fmt, params.data.workers)
+    labeled_file, test_file = split_path(data, "labeled"), split_path(data, "test")
+    with friendly_errors(WdsDataError):  # tar folders, decoded into memory or streamed (data.residency)
+        inputs = teacher_inputs(data, params.data)
     plan = RunPlan.teacher(params)
     with exclusive_run(plan, inputs) as key:
         if other_rank_trains(plan, inputs, key):
@@ -35,7 +35,8 @@ def main(
             tracking.log_datasets(training=(labeled_file,), evaluation=(test_file,))
             result = train_model(plan, inputs, paths.checkpoints_dir(), on_epoch=tracking.log_history, key=key)
             csv, png = (paths.curves_file(paths.TEACHER, s, metrics.parent) for s in ("csv", "png"))
-            save_training_outputs(result, plan.name, out, csv, png)
+            save_training_outputs(result, plan.name, out, csv)
+            training_curves(result.history, plan.name, png)
             tracking.tag_checkpoints(out)
             tracking.log_artifacts("plots", png)
             tracking.log_artifacts("curves", csv)

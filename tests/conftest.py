@@ -25,13 +25,13 @@ def micro_params(base: dict[str, Any]) -> dict[str, Any]:
     # one iteration keeps the suite short; tests of iterating add it2 themselves
     p["iterations"] = {"it1": {"teacher": "teacher"}}
     p["evaluate"] = ["teacher", "it1"]
-    p["data"].update(labeled_per_class=10, unlabeled_size=300, test_size=200, ood_images=40)
+    # 128 images per tar: the pool is three tars (three predict shards), the test set two
+    p["data"].update(labeled_per_class=10, unlabeled_size=300, test_size=200, ood_images=40, wds_shard_size=128)
     for section in ("teacher", "student"):
         p[section]["model"] = {"arch": "test_resnet", "small_image": True}
         p[section]["optim"].update(epochs=1, batch_size=16, eval_every=1, warmup_epochs=0, compile=False)
     p["student"]["unlabeled_ratio"] = 2
     p["filter"].update(confidence_threshold=0.0, images_per_class=20)
-    p["pseudo_labels"]["shard_size"] = 128
     p["robustness"].update(
         reference_train_images=2000, c_images=20, p_images=10, p_frames=4, attack_images=40, fgsm_epsilons=[0, 4, 16]
     )

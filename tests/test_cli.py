@@ -2,32 +2,94 @@
 
 from __future__ import annotations
 
-import importlib
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from importlib import metadata
 from pathlib import Path
 
+import pytest
+import typer
 import yaml
 
-from stages.__main__ import PIPELINE, TOOLS, app
+from noisy_student.cli import PIPELINE, TOOLS, add_pipeline_stages, app
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def panel(name: str) -> dict[str, object]:
-    return {c.name: c.callback for c in app.registered_commands if c.rich_help_panel == name and c.name}
+def panel(name: str, cli: typer.Typer = app) -> dict[str, object]:
+    return {c.name: c.callback for c in cli.registered_commands if c.rich_help_panel == name and c.name}
+
+
+def dvc_stages() -> dict[str, dict]:
+    return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 
 def test_pipeline_commands_are_the_dvc_stages() -> None:
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    assert list(panel(PIPELINE)) == list(stages)
+    assert list(panel(PIPELINE)) == list(dvc_stages())
+
+
+def test_each_stage_command_is_the_module_its_dvc_cmd_runs() -> None:
+    # `noisy-student <stage>` runs the same code as the stage's `python -m stages.<module>`
+    for name, stage in dvc_stages().items():
+        modules = re.findall(r"python -m ([\w.]+)", stage.get("do", stage)["cmd"])
+        assert [panel(PIPELINE)[name].__module__] == modules, name
 
 
 def test_every_command_is_in_a_panel() -> None:
     assert len(app.registered_commands) == len(panel(PIPELINE)) + len(panel(TOOLS))
 
 
-def test_tools_are_not_stages_and_their_module_has_their_name() -> None:
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+def test_tools_are_not_stages_and_live_in_the_library() -> None:
+    assert list(panel(TOOLS)) == ["ui", "shard", "teacher-convergence", "seed-gains"]
     for name, callback in panel(TOOLS).items():
-        assert name not in stages
-        # so `python -m stages.<module>` reads like `noisy-student <command>`
-        assert importlib.import_module(f"stages.{name.replace('-', '_')}").main is callback
+        assert name not in dvc_stages()
+        assert callback.__module__ == "noisy_student.cli"
+
+
+def test_stage_commands_only_where_the_stages_package_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    cli = typer.Typer()
+    assert not add_pipeline_stages(cli, tmp_path)
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages" / "__init__.py").write_text("")  # a stages package without a dvc.yaml
+    assert not add_pipeline_stages(cli, tmp_path)
+    # a pipeline and its package, but another copy than the `stages` imported here (ROOT's)
+    (tmp_path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
+    assert not add_pipeline_stages(cli, tmp_path)
+    assert not cli.registered_commands
+    assert add_pipeline_stages(cli, ROOT)
+    assert list(panel(PIPELINE, cli)) == list(dvc_stages())
+
+
+def test_no_stages_package_is_installed() -> None:
+    # `stages/` is the repository's DVC adapters, not a library: a top-level `stages` in site-packages
+    # would clash with any other project's
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert [p for p in setuptools["packages"] if p.split(".")[0] != "noisy_student"] == []
+    assert set(setuptools["package-dir"]) == {""}
+    dist = metadata.distribution("noisy-student")
+    assert (dist.read_text("top_level.txt") or "").split() == ["noisy_student"]
+    assert not [f for f in dist.files or [] if f.parts[0] == "stages"]
+    scripts = {e.name: e.value for e in dist.entry_points if e.group == "console_scripts"}
+    assert scripts == {"noisy-student": "noisy_student.cli:app"}, "reinstall: bash scripts/setup.sh"
+
+
+def test_cli_outside_the_repository(tmp_path: Path) -> None:
+    # away from the repository root: no `stages` to import, the library and its tools still work
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    code = "import importlib.util, noisy_student.cli; assert importlib.util.find_spec('stages') is None"
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, check=True)
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "noisy-student"), "--help"],
+        cwd=tmp_path,
+        env={**env, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert TOOLS in result.stdout and PIPELINE not in result.stdout
+    for tool in panel(TOOLS):
+        assert re.search(rf"│ {tool}\b", result.stdout), tool

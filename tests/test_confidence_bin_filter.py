@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from noisy_student.config import ParamsError, parse_params
-from noisy_student.pseudo_labels import filter_balance_shards, select_rows
+from noisy_student.pseudo_labels.select import filter_balance_shards, select_rows
 from tests.reference_filter import filter_and_balance
 from tests.test_pseudo_labels import _write_shards
 

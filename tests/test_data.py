@@ -10,8 +10,9 @@ from noisy_student.config import Params
 from noisy_student.data import ImageSet, class_count, load_classes, load_imageset, save_classes, save_imageset
 from noisy_student.data.fashion_mnist import DatasetMissingError, load_fashion_mnist, read_idx
 from noisy_student.data.out_of_domain import out_of_domain_images
-from noisy_student.data.prepare import OOD_ID_OFFSET, TEST_ID_OFFSET, prepare_data, write_prepared
-from noisy_student.data.splits import split_labeled_unlabeled
+from noisy_student.data.prepare import prepare_fashion_mnist, write_prepared
+from noisy_student.data.splits import OOD_ID_OFFSET, TEST_ID_OFFSET, split_labeled_unlabeled
+from noisy_student.data.wds import read_info, split_path
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -92,11 +93,12 @@ def test_out_of_domain_images_are_real_and_seeded() -> None:
 
 def test_imageset_roundtrip(tmp_path: Path) -> None:
     data = ImageSet(np.zeros((3, 4, 4), np.uint8), np.array([0, 1, -1]), np.array([5, 6, 7]), np.array(["a", "b", "c"]))
-    save_imageset(tmp_path / "x.npz", data)
-    back = load_imageset(tmp_path / "x.npz")
+    save_imageset(tmp_path / "x.wds", data)
+    assert read_info(tmp_path / "x.wds").split == "x"  # the split is named after the folder
+    back = load_imageset(tmp_path / "x.wds")
     assert back.ids.tolist() == [5, 6, 7] and back.source.tolist() == ["a", "b", "c"]
     with pytest.raises(FileNotFoundError, match="prepare"):
-        load_imageset(tmp_path / "missing.npz")
+        load_imageset(tmp_path / "missing.wds")
 
 
 def test_class_count_prefers_the_stored_names_then_the_largest_known_label(tmp_path: Path) -> None:
@@ -128,20 +130,23 @@ def _fake_params(release: Path, seed: int = 0) -> Params:
 
 def test_prepare_fashion_mnist_splits_and_writes_the_folder(tmp_path: Path) -> None:
     fake_release(tmp_path / "release", n_train=60, n_test=20)
-    prepared = prepare_data(_fake_params(tmp_path / "release"))
+    prepared = prepare_fashion_mnist(_fake_params(tmp_path / "release"))
     assert len(prepared.labeled) == 20 and np.bincount(prepared.labeled.labels).tolist() == [2] * 10
     assert len(prepared.unlabeled) == 13 and (prepared.unlabeled.labels == -1).sum() == 3
     assert prepared.unlabeled.ids[-3:].tolist() == [OOD_ID_OFFSET + j for j in range(3)]
     assert len(prepared.test) == 5 and (prepared.test.ids >= TEST_ID_OFFSET).all()
-    assert prepared.metrics["unlabeled_out_of_domain"] == 3 and prepared.manifest == []
+    assert prepared.metrics["unlabeled_out_of_domain"] == 3
     out = tmp_path / "prepared"
     out.mkdir()
     (out / "files.csv").write_text("stale manifest of an earlier folders run")
-    write_prepared(out, prepared)
-    assert not (out / "files.csv").exists()
+    write_prepared(out, prepared, wds_shard_size=4)
+    assert not (out / "files.csv").exists()  # Fashion-MNIST ids are positions in the release, not files
+    assert sorted(p.name for p in out.iterdir()) == ["classes.json", "labeled.wds", "test.wds", "unlabeled.wds"]
     assert load_classes(out)[0] == "T-shirt/top"
-    again = load_imageset(out / "unlabeled.npz")
+    assert read_info(split_path(out, "unlabeled")).shard_lengths == (4, 4, 4, 1)
+    again = load_imageset(split_path(out, "unlabeled"))
     assert np.array_equal(again.images, prepared.unlabeled.images) and np.array_equal(again.ids, prepared.unlabeled.ids)
     # seeded by params.seed: the same seed draws the same split, another seed another one
-    assert np.array_equal(prepare_data(_fake_params(tmp_path / "release")).labeled.ids, prepared.labeled.ids)
-    assert not np.array_equal(prepare_data(_fake_params(tmp_path / "release", 1)).labeled.ids, prepared.labeled.ids)
+    assert np.array_equal(prepare_fashion_mnist(_fake_params(tmp_path / "release")).labeled.ids, prepared.labeled.ids)
+    other = prepare_fashion_mnist(_fake_params(tmp_path / "release", 1))
+    assert not np.array_equal(other.labeled.ids, prepared.labeled.ids)

@@ -26,13 +26,14 @@ import yaml
 
 from noisy_student import distributed
 from noisy_student.config import ModelParams, OptimParams, ParamsError, StudentNoiseParams, parse_params
-from noisy_student.data import ImageSet
-from noisy_student.data.imageset import save_imageset
+from noisy_student.data import ImageSet, save_imageset
 from noisy_student.models import create_classifier
 from noisy_student.noise import BatchAugment
 from noisy_student.seeds import seed_everything
-from noisy_student.training import NoisyStudentTask, RunPlan, TrainData, TrainingInputs, one_hot, train_classifier
-from noisy_student.training.loop import _optimization, _Stream, batches_per_epoch
+from noisy_student.training.batches import TrainData, _Stream, batches_per_epoch, one_hot
+from noisy_student.training.loop import _optimization, train_classifier
+from noisy_student.training.recipe import RunPlan, TrainingInputs
+from noisy_student.training.task import NoisyStudentTask
 from tests.conftest import ROOT, micro_params, run, stage_env
 
 RANKS = 2
@@ -140,7 +141,7 @@ def _workdir(tmp_path: Path, name: str) -> Path:
     for split, n in (("labeled", 96), ("test", 40)):
         labels = rng.integers(0, 4, n)
         images = (rng.integers(0, 60, (n, 16, 16, 3)) + 60 * labels[:, None, None, None]).astype(np.uint8)
-        save_imageset(work / "prepared" / f"{split}.npz", ImageSet(images, labels, np.arange(n), np.array(["x"] * n)))
+        save_imageset(work / "prepared" / f"{split}.wds", ImageSet(images, labels, np.arange(n), np.array(["x"] * n)))
     p = micro_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
     # 96 labeled images / batch 16 = 6 updates per epoch, 60 in all, a checkpoint after each
     p["teacher"]["optim"].update(epochs=10, checkpoint_steps=1, eval_every=5)
@@ -186,8 +187,10 @@ def test_a_killed_rank_resumes_on_both_ranks_to_the_uninterrupted_weights(tmp_pa
     rank1.send_signal(signal.SIGKILL)
     assert stage.wait(timeout=120) != 0, log.read_text()  # torchrun stops rank 0 and fails
     assert not (killed / "teacher.pt").exists(), "a killed run must not leave a model behind"
-    assert state is not None and state["world_size"] == RANKS and len(state["rank_rng"]) == RANKS
-    assert not torch.equal(state["rank_rng"][0]["cpu"], state["rank_rng"][1]["cpu"]), "each rank its own generator"
+    assert state is not None and len(state["ranks"]) == RANKS  # one entry per rank: batches and generators
+    ranks = state["ranks"]
+    assert not torch.equal(ranks[0]["rng"]["cpu"], ranks[1]["rng"]["cpu"]), "each rank its own generator"
+    assert torch.equal(ranks[0]["batches"]["labeled"]["perm"], ranks[1]["batches"]["labeled"]["perm"]), "shared"
 
     resumed = run(_teacher_cmd(killed), ROOT, env=stage_env(killed))
     for rank in range(RANKS):

@@ -124,7 +124,7 @@ def link_problems(path: Path) -> list[str]:
 
 
 def _cli_commands() -> set[str]:
-    from stages.__main__ import app
+    from noisy_student.cli import app
 
     return {c.name for c in app.registered_commands if c.name}
 

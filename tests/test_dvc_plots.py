@@ -15,7 +15,7 @@ import yaml
 from dvc.repo import Repo
 
 from noisy_student import paths
-from noisy_student.pseudo_labels import confidence_bins, write_table
+from noisy_student.pseudo_labels.select import confidence_bins, write_table
 from noisy_student.report.charts import confidence_histogram
 from noisy_student.robustness.evaluate import AttackResult, save_attack_curve
 from tests.conftest import make_project, micro_params, run

@@ -10,7 +10,8 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from noisy_student.config import FixResParams, ModelParams, OptimParams
 from noisy_student.models import create_classifier, load_classifier, save_checkpoint, shallow_modules
-from noisy_student.training import fixres_finetune, one_hot
+from noisy_student.training.batches import TrainData, one_hot
+from noisy_student.training.fixres import fixres_finetune
 
 MEAN, STD = (0.3,), (0.35,)
 
@@ -57,8 +58,7 @@ def test_fixres_finetune_trains_deep_layers_only_and_restores_layer_types() -> N
 
     final, history = fixres_finetune(
         model,
-        images,
-        targets,
+        TrainData(images, targets),
         OptimParams(epochs=9, batch_size=8, eval_every=1),
         fixres,
         device=torch.device("cpu"),

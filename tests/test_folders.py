@@ -12,7 +12,7 @@ from noisy_student.config import ParamsError, parse_params
 from noisy_student.data.folders import (
     FolderDataError,
     decode_image,
-    decode_images,
+    decode_stream,
     image_files,
     scan_class_folders,
     scan_unlabeled_folder,
@@ -80,7 +80,7 @@ def test_scan_class_folders_sorted_classes_and_labels(tmp_path: Path) -> None:
 def test_decode_shapes_dtypes_and_modes(tmp_path: Path, channels: int) -> None:
     dirs = make_tree(tmp_path)
     files = image_files(dirs["labeled"])
-    x = decode_images(files, 24, channels, "test", workers=1)
+    x = np.stack(list(decode_stream(files, 24, channels, workers=1)))
     assert x.dtype == np.uint8
     assert x.shape == ((12, 24, 24) if channels == 1 else (12, 24, 24, 3))
     assert x.std() > 20  # real pixels, not blank
@@ -111,15 +111,18 @@ def test_alpha_is_composited_over_white(tmp_path: Path) -> None:
 
 
 def test_pool_decode_matches_serial_decode(tmp_path: Path) -> None:
-    for i in range(300):  # above the in-process threshold, so the pool is used
+    for i in range(300):  # above the in-process threshold (POOL_MIN_IMAGES), so the pool is used
         _write(tmp_path / f"{i:03d}.png", 12 + i % 5, 10 + i % 7, "RGB", i)
     files = image_files(tmp_path)
-    serial = decode_images(files, 8, 3, "serial", workers=1)
-    pooled = decode_images(files, 8, 3, "pool", workers=2)
+    serial = np.stack(list(decode_stream(files, 8, 3, workers=1)))
+    assert serial.shape == (300, 8, 8, 3)
+    assert all(np.array_equal(serial[i], decode_image(files[i], 8, 3)) for i in (0, 299))  # as one file decodes
+    # several rounds of 64 in flight: results still come back in file order
+    pooled = np.stack(list(decode_stream(files, 8, 3, workers=2, chunk=64)))
     assert np.array_equal(serial, pooled)
     (tmp_path / "999.png").write_bytes(b"truncated")
     with pytest.raises(FolderDataError, match=r"999\.png: cannot read this image"):
-        decode_images(image_files(tmp_path), 8, 3, "pool", workers=2)
+        list(decode_stream(image_files(tmp_path), 8, 3, workers=2, chunk=64))
 
 
 def test_subsample_is_seeded_sorted_and_capped() -> None:

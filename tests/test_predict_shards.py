@@ -25,18 +25,18 @@ from noisy_student.pseudo_labels.predict import (
     parse_shard,
     predict_pseudo_labels,
 )
-from noisy_student.pseudo_labels.shards import input_shards, key_path, shard_path
+from noisy_student.pseudo_labels.shards import key_path, load_pool, shard_path
 from tests.conftest import ROOT, stage_env
 from tests.test_pseudo_label_stages import predict_stage_error
 
-POOL, SHARD_SIZE, BATCH = 200, 50, 16  # 4 input shards; batches of 16 straddle every shard boundary
+POOL, SHARD_SIZE, BATCH = 200, 50, 16  # 4 tars (input shards); each labelled in batches of 16, 16, 16, 2
 CPU = torch.device("cpu")
-PL = PseudoLabelParams(shard_size=SHARD_SIZE, batch_size=BATCH)
+PL = PseudoLabelParams(batch_size=BATCH)
 
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 200-image pool (20 out of domain), two tiny teachers (another's weights), params for 4 shards."""
+    """A 200-image pool (20 out of domain) in 4 tars of 50, two tiny teachers (another's weights), params."""
     root = tmp_path_factory.mktemp("shards")
     rng = np.random.default_rng(0)
     labels = np.concatenate([rng.integers(0, 10, POOL - 20), np.full(20, -1)])
@@ -46,7 +46,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
         np.arange(7000, 7000 + POOL),
         np.where(labels < 0, "digits", "fashion_mnist"),
     )
-    save_imageset(root / "unlabeled.npz", pool)
+    save_imageset(root / "unlabeled.wds", pool, shard_size=SHARD_SIZE)
     noise = NoiseParams(randaugment_num_ops=1, crop_padding=1, dropout=0.3, stochastic_depth=0.1)
     for name, seed in (("teacher", 0), ("other", 1)):
         torch.manual_seed(seed)
@@ -54,7 +54,8 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
         save_checkpoint(root / f"{name}.pt", model, spec, {"name": name, "noise": noise.model_dump()})
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params.update(device="cpu", precision="fp32")
-    params["pseudo_labels"].update(shard_size=SHARD_SIZE, batch_size=BATCH)
+    params["data"]["wds_shard_size"] = SHARD_SIZE  # what prepare would have written the pool with
+    params["pseudo_labels"]["batch_size"] = BATCH
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return root
 
@@ -62,7 +63,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _args(inputs: Path, work: Path, *extra: str) -> list[str]:
     return [
         *("--iteration", "it1", "--params", str(inputs / "params.yaml"), "--teacher", str(inputs / "teacher.pt")),
-        *("--unlabeled", str(inputs / "unlabeled.npz"), "--out", str(work / "predictions")),
+        *("--unlabeled", str(inputs / "unlabeled.wds"), "--out", str(work / "predictions")),
         *("--metrics", str(work / "predict.json"), *extra),
     ]
 
@@ -156,7 +157,7 @@ def test_rerun_skips_finished_shards_and_rewrites_damaged_or_stale_ones(
     ref = reference / "predictions"
     out = tmp_path / "predictions"
     shutil.copytree(ref, out)
-    teacher = load_predict_inputs(inputs / "teacher.pt", inputs / "unlabeled.npz", PL)
+    teacher = load_predict_inputs(inputs / "teacher.pt", inputs / "unlabeled.wds", PL)
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     done = _predict(teacher, out)
     assert (done.written, done.skipped, done.images) == (0, 4, 0)
@@ -182,7 +183,7 @@ def test_rerun_skips_finished_shards_and_rewrites_damaged_or_stale_ones(
     _assert_same_folder(out, ref)
 
     # another teacher, other params: every shard is stale and rewritten, and back again
-    other = load_predict_inputs(inputs / "other.pt", inputs / "unlabeled.npz", PL)
+    other = load_predict_inputs(inputs / "other.pt", inputs / "unlabeled.wds", PL)
     assert _predict(other, out).written == 4
     assert not pq.read_table(shard_path(out, 0)).equals(pq.read_table(shard_path(ref, 0)))
     assert _predict(teacher, out, PL.model_copy(update={"temperature": 2.0})).written == 4
@@ -193,7 +194,7 @@ def test_rerun_skips_finished_shards_and_rewrites_damaged_or_stale_ones(
 
 def test_noised_teacher_draws_per_shard_whichever_job_labels_it(inputs: Path, tmp_path: Path, one_thread: None) -> None:
     pl = PL.model_copy(update={"noised_teacher": True})
-    noised = load_predict_inputs(inputs / "teacher.pt", inputs / "unlabeled.npz", pl)
+    noised = load_predict_inputs(inputs / "teacher.pt", inputs / "unlabeled.wds", pl)
     # jobs 1/3 and 0/3 (a shard of them twice: rerun) then the merge, against one plain run
     for job in (ShardJob((1, 3)), ShardJob((0, 3)), ShardJob((0, 3))):
         assert _predict(noised, tmp_path / "jobs", pl, job).metrics is None
@@ -205,15 +206,22 @@ def test_noised_teacher_draws_per_shard_whichever_job_labels_it(inputs: Path, tm
     assert not pq.read_table(shard_path(tmp_path / "plain", 0)).equals(pq.read_table(shard_path(tmp_path / "jobs", 0)))
 
 
-def test_shard_assignment() -> None:
-    assert [(s.index, s.start, s.stop) for s in input_shards(203, 50)] == [
-        (0, 0, 50),
-        (1, 50, 100),
-        (2, 100, 150),
-        (3, 150, 200),
-        (4, 200, 203),
+def test_shard_assignment(tmp_path: Path) -> None:
+    # input shard j is the pool's j-th tar, the last one short
+    pool = ImageSet(np.zeros((203, 2, 2), np.uint8), np.zeros(203, np.int64), np.arange(203), np.full(203, "x"))
+    save_imageset(tmp_path / "unlabeled.wds", pool, shard_size=50)
+    tars = load_pool(tmp_path / "unlabeled.wds").shards
+    assert [(s.index, s.file, len(s)) for s in tars] == [
+        (0, "unlabeled-000000.tar", 50),
+        (1, "unlabeled-000001.tar", 50),
+        (2, "unlabeled-000002.tar", 50),
+        (3, "unlabeled-000003.tar", 50),
+        (4, "unlabeled-000004.tar", 3),
     ]
-    assert input_shards(0, 50) == []
+    assert [batch.ids.tolist() for batch in tars[4].batches(2)] == [[200, 201], [202]]
+    empty = ImageSet(pool.images[:0], pool.labels[:0], pool.ids[:0], pool.source[:0])
+    with pytest.raises(ValueError, match="no sample to write"):  # a pool of no images has no tar to label
+        save_imageset(tmp_path / "empty.wds", empty, shard_size=50)
     assert ShardJob().shards(5) == [0, 1, 2, 3, 4]
     assert ShardJob((1, 3)).shards(10) == [1, 4, 7]
     assert [ShardJob(rank=r, world=2).shards(5) for r in (0, 1)] == [[0, 2, 4], [1, 3]]

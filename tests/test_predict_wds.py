@@ -1,8 +1,10 @@
-"""`predict` over a pool of WebDataset tars (unlabeled.wds) and the student's join by sample key.
+"""`predict` over the pool of WebDataset tars (unlabeled.wds) and the student's join by image id.
 
-A tar pool's predictions equal the in-memory pool's for the same images and batches, plus the sample
-``key`` and the tar's name (``shard``) in every row; jobs, reruns and changed tars behave as for npz
-shards; filter-balance carries the keys through; :func:`keyed_student_targets` reads them back.
+Tars whose size is a multiple of ``pseudo_labels.batch_size`` are labelled in the batches of one pass
+over the whole pool, so their probabilities equal that pass's (and another such tar size's) bit for
+bit; every row carries the image ``id`` and its tar's name (``shard``). Jobs, reruns and changed tars
+relabel only what changed; filter-balance carries ``shard`` through; :func:`student_targets` reads the
+selected images back, found by id in memory or, streaming, in the tar ``shard`` names.
 """
 
 from __future__ import annotations
@@ -23,20 +25,32 @@ from PIL import Image
 
 from noisy_student.config import FilterParams, ModelParams, NoiseParams, PseudoLabelParams
 from noisy_student.data import ImageSet, save_imageset
+from noisy_student.data.wds import iter_tar, sample_key
 from noisy_student.models import create_classifier, save_checkpoint
-from noisy_student.pseudo_labels import KeyedTargets, filter_balance, keyed_student_targets, student_targets
 from noisy_student.pseudo_labels.predict import (
     PredictInputs,
     ShardJob,
     load_predict_inputs,
     predict_pseudo_labels,
 )
-from noisy_student.pseudo_labels.shards import TarPool, key_path, shard_path
-from noisy_student.pseudo_labels.targets import ParquetReadError
+from noisy_student.pseudo_labels.select import filter_balance
+from noisy_student.pseudo_labels.shards import TarPool, key_path, load_pool, shard_path
+from noisy_student.pseudo_labels.targets import (
+    TOPK_CLASSES,
+    TOPK_PROBS,
+    ParquetReadError,
+    SelectedImages,
+    selected_targets,
+    selection_stats,
+    student_targets,
+    targets_from_probs,
+)
 
 POOL, TAR, BATCH = 100, 32, 16  # tars of 32, 32, 32, 4 samples: two batches each, the last one short
 CPU = torch.device("cpu")
-PL = PseudoLabelParams(shard_size=TAR, batch_size=BATCH)  # the npz pool cut where the tars are
+PL = PseudoLabelParams(batch_size=BATCH)
+# the same pool in other tar sizes that are multiples of BATCH: one tar of the whole pool (one pass), 64 + 36
+WHOLE, TARS64 = "whole/unlabeled.wds", "tars64/unlabeled.wds"
 
 
 def write_wds_folder(folder: Path, pool: ImageSet, shard_size: int, split: str = "unlabeled") -> None:
@@ -78,11 +92,13 @@ def _pool(seed: int = 0) -> ImageSet:
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The same 100-image pool as unlabeled.npz and unlabeled.wds (4 tars), a tiny teacher saved with its noise."""
+    """The same 100-image pool as unlabeled.wds (4 tars of the design's layout, written by hand) and as
+    save_imageset writes it in one tar and in tars of 64; a tiny teacher saved with its noise."""
     root = tmp_path_factory.mktemp("wds")
     pool = _pool()
-    save_imageset(root / "unlabeled.npz", pool)
     write_wds_folder(root / "unlabeled.wds", pool, TAR)
+    save_imageset(root / WHOLE, pool, shard_size=POOL)
+    save_imageset(root / TARS64, pool, shard_size=64)
     noise = NoiseParams(randaugment_num_ops=1, crop_padding=1, dropout=0.3, stochastic_depth=0.1)
     torch.manual_seed(0)
     model, spec = create_classifier(ModelParams(arch="test_resnet"), 10, 1, (0.5,), (0.25,))
@@ -109,10 +125,10 @@ def _assert_same_folder(folder: Path, reference: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def npz_run(inputs: Path, tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> Path:
-    """One plain run over unlabeled.npz, cut at the tars' boundaries."""
-    out = tmp_path_factory.mktemp("npz") / "predictions"
-    assert _predict(_load(inputs, "unlabeled.npz"), out).written == 4
+def one_pass(inputs: Path, tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> Path:
+    """One plain run over the pool as one tar: one pass over the whole pool in batches of 16."""
+    out = tmp_path_factory.mktemp("one-pass") / "predictions"
+    assert _predict(_load(inputs, WHOLE), out).written == 1
     return out
 
 
@@ -134,28 +150,51 @@ def test_load_predict_inputs_reads_a_wds_folder_as_its_tars(inputs: Path) -> Non
     ]
 
 
+def test_batches_start_at_each_tars_first_sample(inputs: Path) -> None:
+    pool, shards = _pool(), load_pool(inputs / "unlabeled.wds").shards
+    # batches of 10 do not straddle tars: 10, 10, 10, 2 of every tar of 32, then the last tar's 4
+    sizes = [[len(batch.ids) for batch in shard.batches(10)] for shard in shards]
+    assert sizes == [[10, 10, 10, 2]] * 3 + [[4]]
+    batches = [batch for shard in shards for batch in shard.batches(10)]
+    np.testing.assert_array_equal(np.concatenate([b.ids for b in batches]), pool.ids)
+    np.testing.assert_array_equal(np.concatenate([b.labels for b in batches]), pool.labels)
+    np.testing.assert_array_equal(np.concatenate([b.source for b in batches]), pool.source)
+    np.testing.assert_array_equal(np.concatenate([b.images for b in batches]), pool.images)
+    assert batches[0].images.dtype == np.uint8 and batches[0].images.shape == (10, 28, 28)
+
+
 @pytest.mark.parametrize("top_k", [None, 3])
-def test_tar_pool_labels_as_the_npz_pool_plus_key_and_shard(
-    inputs: Path, npz_run: Path, wds_run: Path, top_k: int | None, tmp_path: Path, one_thread: None
+def test_tar_pool_labels_as_one_pass_over_the_pool_plus_shard(
+    inputs: Path, one_pass: Path, wds_run: Path, top_k: int | None, tmp_path: Path, one_thread: None
 ) -> None:
+    pl = PL.model_copy(update={"top_k": top_k})
     if top_k is None:
-        npz_dir, wds_dir = npz_run, wds_run
+        one_dir, wds_dir = one_pass, wds_run
     else:
-        pl = PL.model_copy(update={"top_k": top_k})
-        npz_dir, wds_dir = tmp_path / "npz", tmp_path / "wds"
-        _predict(_load(inputs, "unlabeled.npz", pl), npz_dir, pl)
+        one_dir, wds_dir = tmp_path / "one", tmp_path / "wds"
+        _predict(_load(inputs, WHOLE, pl), one_dir, pl)
         _predict(_load(inputs, "unlabeled.wds", pl), wds_dir, pl)
+    _predict(_load(inputs, TARS64, pl), tmp_path / "tars64", pl)
     pool = _pool()
-    npz_tables, wds_tables = _tables(npz_dir), _tables(wds_dir)
-    assert len(npz_tables) == len(wds_tables) == 4
-    for j, (expected, table) in enumerate(zip(npz_tables, wds_tables, strict=True)):
-        assert table.column_names == [*expected.column_names, "key", "shard"]
-        # the same images in the same batches: the same probabilities, bit for bit
-        assert table.drop_columns(["key", "shard"]).equals(expected), j
-        ids = table["id"].to_pylist()
-        assert table["key"].to_pylist() == [f"{i:010d}" for i in ids]
-        assert table["shard"].to_pylist() == [f"unlabeled-{j:06d}.tar"] * len(ids)
-        assert table.schema.field("key").type == table.schema.field("shard").type == pa.string()
+    (whole,), wds_tables, tars64 = _tables(one_dir), _tables(wds_dir), _tables(tmp_path / "tars64")
+    assert len(wds_tables) == 4 and len(tars64) == 2
+    stored = ["probs"] if top_k is None else [TOPK_PROBS, TOPK_CLASSES]
+    assert whole.column_names == ["id", "source", "label", "pred", "confidence", *stored, "shard"]
+    assert whole["shard"].to_pylist() == ["unlabeled-000000.tar"] * POOL
+    for j, table in enumerate(wds_tables):
+        assert table.column_names == whole.column_names and "key" not in table.column_names
+        # the same images in the same batches as one pass: the same probabilities, bit for bit
+        expected = whole.slice(j * TAR, TAR).drop_columns(["shard"])
+        assert table.drop_columns(["shard"]).equals(expected), j
+        assert table["shard"].to_pylist() == [f"unlabeled-{j:06d}.tar"] * table.num_rows
+        assert table.schema.field("shard").type == pa.string() and table.schema.field("id").type == pa.int64()
+        # each row's image is the tar's sample of that id, in the tar's order
+        tar = inputs / "unlabeled.wds" / f"unlabeled-{j:06d}.tar"
+        assert table["id"].to_pylist() == [s.id for s in iter_tar(tar)]
+    # another tar size that is a multiple of the batch: the same rows and numbers, other tar names
+    for tables in (wds_tables, tars64):
+        assert pa.concat_tables(tables).drop_columns(["shard"]).equals(whole.drop_columns(["shard"]))
+    assert [t["shard"].to_pylist() for t in tars64] == [["unlabeled-000000.tar"] * 64, ["unlabeled-000001.tar"] * 36]
     assert pa.concat_tables(wds_tables)["id"].to_pylist() == pool.ids.tolist()
     assert sorted(os.listdir(wds_dir)) == sorted(
         name for j in range(4) for name in (f"part-{j:05d}.parquet", f".part-{j:05d}.parquet.key")
@@ -255,7 +294,7 @@ def test_a_missing_or_unreadable_wds_folder_is_named(inputs: Path, tmp_path: Pat
 
 
 # ---------------------------------------------------------------------------
-# filter-balance carries key/shard; the student's keyed targets
+# filter-balance carries shard; the student's targets, joined by id
 # ---------------------------------------------------------------------------
 
 FILTER = FilterParams(confidence_threshold=0.0, images_per_class=150)  # > pool: balancing duplicates every image
@@ -263,69 +302,79 @@ FILTER = FilterParams(confidence_threshold=0.0, images_per_class=150)  # > pool:
 
 @pytest.fixture(scope="module")
 def selections(
-    inputs: Path, npz_run: Path, wds_run: Path, tmp_path_factory: pytest.TempPathFactory, one_thread: None
+    inputs: Path, one_pass: Path, wds_run: Path, tmp_path_factory: pytest.TempPathFactory, one_thread: None
 ) -> dict[str, Path]:
-    """selected.parquet of the npz and the tar predictions (full distribution), and of top-3 tar predictions."""
+    """selected.parquet of the one-tar and the 4-tar predictions (full distribution), and of top-3 4-tar ones."""
     root = tmp_path_factory.mktemp("selected")
     pl = PL.model_copy(update={"top_k": 3})
     _predict(_load(inputs, "unlabeled.wds", pl), root / "top3", pl)
     paths = {}
-    for name, predictions in (("npz", npz_run), ("wds", wds_run), ("top3", root / "top3")):
+    for name, predictions in (("one", one_pass), ("wds", wds_run), ("top3", root / "top3")):
         paths[name] = root / f"{name}.parquet"
         filter_balance(predictions, paths[name], FILTER, seed=5)
     return paths
 
 
-def test_filter_balance_carries_key_and_shard(selections: dict[str, Path]) -> None:
-    npz, tar = pq.read_table(selections["npz"]), pq.read_table(selections["wds"])
-    assert tar.column_names == ["id", "source", "label", "pred", "confidence", "probs", "key", "shard", "copies"]
-    assert tar.drop_columns(["key", "shard"]).equals(npz)  # the same selection
+def test_filter_balance_carries_the_shard(selections: dict[str, Path]) -> None:
+    one, tar = pq.read_table(selections["one"]), pq.read_table(selections["wds"])
+    assert tar.column_names == ["id", "source", "label", "pred", "confidence", "probs", "shard", "copies"]
+    assert tar.drop_columns(["shard"]).equals(one.drop_columns(["shard"]))  # the same selection
     assert int(np.asarray(tar["copies"]).max()) > 1  # some images duplicated by balancing
     ids = tar["id"].to_pylist()
-    assert tar["key"].to_pylist() == [f"{i:010d}" for i in ids]
     assert tar["shard"].to_pylist() == [f"unlabeled-{(i - 3000) // TAR:06d}.tar" for i in ids]
+    assert one["shard"].to_pylist() == ["unlabeled-000000.tar"] * len(ids)
 
 
 @pytest.mark.parametrize("mode", ["soft", "hard"])
 @pytest.mark.parametrize("selection", ["wds", "top3"])
-def test_keyed_targets_equal_the_in_memory_join(
+def test_student_targets_find_each_image_by_id_in_memory_and_in_its_tar(
     selections: dict[str, Path], selection: str, mode: str, inputs: Path
 ) -> None:
-    keyed, stats = keyed_student_targets(selections[selection], 10, mode)
-    assert isinstance(keyed, KeyedTargets)
-    table = pq.read_table(selections[selection])
-    assert keyed.keys.tolist() == table["key"].to_pylist() and len(set(keyed.keys.tolist())) == len(keyed)
-    assert keyed.shards.tolist() == table["shard"].to_pylist()
-    assert keyed.copies.dtype == np.int64 and keyed.copies.tolist() == table["copies"].to_pylist()
-    assert keyed.targets.dtype == np.float32 and keyed.targets.shape == (len(keyed), 10)
-    np.testing.assert_allclose(keyed.targets.sum(1), 1.0, rtol=1e-5)
-    assert keyed.rows == stats["pseudo_labeled_rows"] == int(keyed.copies.sum())
-    # the in-memory path's rows, repeated: the same targets and stats
+    path = selections[selection]
+    selected, stats = student_targets(path, 10, mode)
+    assert isinstance(selected, SelectedImages)
+    table = pq.read_table(path)
+    assert selected.ids.tolist() == table["id"].to_pylist() and len(set(selected.ids.tolist())) == len(selected)
+    assert selected.ids.dtype == np.int64
+    assert selected.shards.tolist() == table["shard"].to_pylist()
+    assert selected.copies.dtype == np.int64 and selected.copies.tolist() == table["copies"].to_pylist()
+    assert selected.targets.dtype == np.float32 and selected.targets.shape == (len(selected), 10)
+    np.testing.assert_allclose(selected.targets.sum(1), 1.0, rtol=1e-5)
+    _, copies, probs = selected_targets(table, 10)
+    np.testing.assert_array_equal(selected.targets, targets_from_probs(probs, mode))
+    assert stats == selection_stats(copies, probs)
+    assert stats["pseudo_labeled_rows"] == int(selected.copies.sum()) and stats["pseudo_labeled_unique"] == len(table)
+    # streaming: each selected image is the sample whose key is its id in the tar its shard names
+    folder = inputs / "unlabeled.wds"
+    samples = {(tar, s.key): s.id for tar in set(selected.shards.tolist()) for s in iter_tar(folder / tar)}
+    assert all(samples.get((tar, sample_key(i))) == i for i, tar in zip(selected.ids, selected.shards, strict=True))
+    # in memory: the pool's rows of those ids, repeated by their copies
     pool = _pool()
-    rows, targets, expected = student_targets(selections[selection], pool, 10, mode)
-    assert stats == expected
-    assert np.array_equal(np.repeat(keyed.targets, keyed.copies, axis=0), targets)
-    assert [f"{i:010d}" for i in pool.ids[rows]] == np.repeat(keyed.keys, keyed.copies).tolist()
+    rows, targets = selected.rows(pool.ids, path)
+    assert len(rows) == stats["pseudo_labeled_rows"]
+    np.testing.assert_array_equal(targets, np.repeat(selected.targets, selected.copies, axis=0))
+    np.testing.assert_array_equal(pool.ids[rows], np.repeat(selected.ids, selected.copies))
     if mode == "hard":
-        assert set(np.unique(keyed.targets)) == {0.0, 1.0}
+        assert set(np.unique(selected.targets)) == {0.0, 1.0}
 
 
-def test_keyed_targets_errors_name_the_file(selections: dict[str, Path], tmp_path: Path) -> None:
+def test_student_targets_errors_name_the_file(selections: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"nothing\.parquet: selected pseudo labels not found"):
-        keyed_student_targets(tmp_path / "nothing.parquet", 10, "soft")
-    with pytest.raises(ValueError, match=r"npz\.parquet: no key / shard column; .*in-memory pool"):
-        keyed_student_targets(selections["npz"], 10, "soft")
+        student_targets(tmp_path / "nothing.parquet", 10, "soft")
     table = pq.read_table(selections["wds"])
+    pq.write_table(table.drop_columns(["shard"]), tmp_path / "noshard.parquet")  # predicted from an npz pool
+    with pytest.raises(ValueError, match=r"noshard\.parquet: no 'shard' column; .*in-memory pool"):
+        student_targets(tmp_path / "noshard.parquet", 10, "soft")
     pq.write_table(table.slice(0, 0), tmp_path / "empty.parquet")
     with pytest.raises(ValueError, match=r"empty\.parquet: no pseudo-labeled image .*confidence_threshold=0\.7"):
-        keyed_student_targets(tmp_path / "empty.parquet", 10, "soft", threshold=0.7)
+        student_targets(tmp_path / "empty.parquet", 10, "soft", threshold=0.7)
     pq.write_table(pa.concat_tables([table, table.slice(0, 2)]), tmp_path / "twice.parquet")
-    with pytest.raises(ValueError, match=r"twice\.parquet: 2 keys selected more than once"):
-        keyed_student_targets(tmp_path / "twice.parquet", 10, "soft")
+    with pytest.raises(ValueError, match=r"twice\.parquet: 2 ids selected more than once"):
+        student_targets(tmp_path / "twice.parquet", 10, "soft")
     pq.write_table(table.drop_columns(["probs"]), tmp_path / "noprobs.parquet")
     with pytest.raises(ValueError, match=r"noprobs\.parquet: selected pseudo labels have neither 'probs'"):
-        keyed_student_targets(tmp_path / "noprobs.parquet", 10, "soft")
+        student_targets(tmp_path / "noprobs.parquet", 10, "soft")
     data = selections["wds"].read_bytes()
     (tmp_path / "cut.parquet").write_bytes(data[: len(data) // 2])
     with pytest.raises(ParquetReadError, match=r"cut\.parquet: not a readable Parquet file"):
-        keyed_student_targets(tmp_path / "cut.parquet", 10, "soft")
+        student_targets(tmp_path / "cut.parquet", 10, "soft")

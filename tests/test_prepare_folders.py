@@ -1,4 +1,4 @@
-"""The prepare stage on the user's own ImageNet-style folders (data.source: folders)."""
+"""The prepare stage on the user's own ImageNet-style folders (data.source: folders), streamed into tars."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import typer
 import yaml
 
 from noisy_student.data import load_classes, load_imageset
+from noisy_student.data.wds import read_info, split_path
 from tests.conftest import ROOT, micro_params, run
 from tests.test_folders import CLASSES, make_tree
 
@@ -35,7 +36,10 @@ def folders_params(tmp_path: Path, dirs: dict[str, Path], **data: Any) -> Path:
 
 
 def _prepare(params: Path, out: Path) -> dict[str, Any]:
-    """Run the stage in a subprocess, as DVC does; return the prepared sets, class names, manifest, metrics."""
+    """Run the stage in a subprocess, as DVC does; return the prepared sets, class names, manifest, metrics.
+
+    The manifest is the rows of every split folder's ``files.csv``.
+    """
     run(
         [
             sys.executable,
@@ -52,10 +56,16 @@ def _prepare(params: Path, out: Path) -> dict[str, Any]:
         env={"MLFLOW_TRACKING_URI": f"sqlite:///{out / 'mlflow.db'}"},
     )
     prepared = out / "prepared"
-    with open(prepared / "files.csv", newline="") as fh:
-        manifest = list(csv.DictReader(fh))
+    splits = ("labeled", "unlabeled", "test")
+    assert sorted(p.name for p in prepared.iterdir()) == ["classes.json", *sorted(f"{n}.wds" for n in splits)]
+    manifest = []
+    for name in splits:
+        with open(split_path(prepared, name) / "files.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        assert {r["split"] for r in rows} == {name}
+        manifest += rows
     return {
-        **{n: load_imageset(prepared / f"{n}.npz") for n in ("labeled", "unlabeled", "test")},
+        **{n: load_imageset(split_path(prepared, n)) for n in splits},
         "classes": load_classes(prepared),
         "manifest": manifest,
         "metrics": json.loads((out / "m.json").read_text()),
@@ -89,11 +99,28 @@ def test_prepare_folders_rgb_layout_ids_and_determinism(tmp_path: Path) -> None:
     counts = {k: m[k] for k in ("labeled", "unlabeled", "test", "classes", "image_size", "channels")}
     assert counts == {"labeled": 12, "unlabeled": 7, "test": 4, "classes": 3, "image_size": 16, "channels": 3}
 
+    # every split folder lists its tars; labeled and test carry the labeled class list their labels index
+    assert read_info(split_path(tmp_path / "run1" / "prepared", "labeled")).num_samples == 12
+    for name in ("labeled", "test"):
+        assert load_classes(split_path(tmp_path / "run1" / "prepared", name)) == list(CLASSES)
+
     # same inputs + params -> byte-identical outputs (what DVC's cache relies on)
     _prepare(params, tmp_path / "run2")
-    for name in ("labeled.npz", "unlabeled.npz", "test.npz", "classes.json", "files.csv"):
-        a = (tmp_path / "run1" / "prepared" / name).read_bytes()
-        assert a == (tmp_path / "run2" / "prepared" / name).read_bytes(), name
+    first, second = _files(tmp_path / "run1" / "prepared"), _files(tmp_path / "run2" / "prepared")
+    assert sorted(first) == sorted(second)
+    assert {
+        "classes.json",
+        "labeled.wds/files.csv",
+        "test.wds/_info.json",
+        "unlabeled.wds/unlabeled-000000.tar",
+    } <= set(first)
+    for name, data in first.items():
+        assert data == second[name], name
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` by its relative path."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_prepare_folders_grey_cap_and_overlap(tmp_path: Path) -> None:
@@ -120,6 +147,7 @@ def _fail_in_process(tmp_path: Path, params: Path, capsys: pytest.CaptureFixture
         main(params_file=params, out=tmp_path / "out", metrics=tmp_path / "m.json")
     assert exit_info.value.exit_code == 2
     assert not (tmp_path / "out").exists()  # nothing written
+    assert not list(tmp_path.glob(".out.*"))  # no staging folder left behind
     return capsys.readouterr().err
 
 
@@ -135,14 +163,20 @@ def _broken(tmp_path: Path, case: str) -> tuple[dict[str, Path], str]:
     if case == "unknown_test_class":
         make_tree(tmp_path / "other", test_classes=("cat", "fox"))
         dirs["test"] = tmp_path / "other" / "test"
-        return dirs, r"data\.test_dir: class folder .*test/fox has no counterpart in data\.labeled_dir"
+        return dirs, r"data\.test_dir: class folder .*test/fox is not in data\.labeled_dir \(.*labeled\)"
+    if case == "pool_is_labeled":
+        dirs["unlabeled"] = dirs["labeled"]
+        return (
+            dirs,
+            r"data\.unlabeled_dir: every image under .*labeled also lies in .*labeled or .*test; expected further",
+        )
     if case == "unreadable":
         (dirs["unlabeled"] / "sub" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
         return dirs, r"sub/broken\.jpg: cannot read this image .*expected a valid image file"
     raise AssertionError(case)
 
 
-@pytest.mark.parametrize("case", ["missing_dir", "empty_class", "unknown_test_class", "unreadable"])
+@pytest.mark.parametrize("case", ["missing_dir", "empty_class", "unknown_test_class", "pool_is_labeled", "unreadable"])
 def test_prepare_folders_bad_inputs(
     tmp_path: Path, case: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -152,6 +186,33 @@ def test_prepare_folders_bad_inputs(
     err = _fail_in_process(tmp_path, folders_params(tmp_path, dirs), capsys).strip().splitlines()[-1]
     assert err.startswith("error: ") and re.search(expected, err), err
     assert not (tmp_path / "mlflow.db").exists()  # stopped before an MLflow run was opened
+
+
+def test_a_failed_rerun_leaves_the_earlier_splits(tmp_path: Path) -> None:
+    """An image broken after a good run: the error names it, and the earlier split folders stay as they were."""
+    from noisy_student.config import load_params
+    from noisy_student.data.folders import FolderDataError
+    from noisy_student.data.shard_folders import prepare_folders
+    from noisy_student.data.wds import WdsDataError
+
+    dirs = make_tree(tmp_path / "images")
+    params = load_params(folders_params(tmp_path, dirs))
+    out = tmp_path / "prepared"
+    metrics, _ = prepare_folders(params, out)
+    assert (metrics["labeled"], metrics["unlabeled"], metrics["test"]) == (12, 7, 4)
+    before = _files(out)
+    (dirs["test"] / "dog" / "t1.png").write_bytes(b"")  # test is written last: labeled and unlabeled are done
+    with pytest.raises(FolderDataError, match=r"dog/t1\.png: cannot read this image"):
+        prepare_folders(params, out)
+    assert _files(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "params.yaml", "prepared"]  # no staging left
+    # a folder that is not a split folder is never replaced, and that is said before any image is decoded
+    (dirs["test"] / "dog" / "t1.png").unlink()
+    (out / "test.wds" / "_info.json").unlink()
+    before = _files(out)
+    with pytest.raises(WdsDataError, match=r"test\.wds: a non-empty folder without _info\.json"):
+        prepare_folders(params, out)
+    assert _files(out) == before
 
 
 def test_prepare_folders_cli_error_and_missing_param(tmp_path: Path) -> None:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
+import typer
 import yaml
 
 from noisy_student.data import load_imageset
+from noisy_student.data.wds import split_path
 from tests.conftest import FASHION_MNIST, ROOT, micro_params, run
 from tests.test_data import fake_release
 
@@ -38,7 +42,8 @@ def _prepare(tmp_path: Path, params: Path) -> tuple:
         ROOT,
         env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"},
     )
-    return tuple(load_imageset(out / f"{n}.npz") for n in ("labeled", "unlabeled", "test"))
+    assert sorted(p.name for p in out.iterdir()) == ["classes.json", "labeled.wds", "test.wds", "unlabeled.wds"]
+    return tuple(load_imageset(split_path(out, n)) for n in ("labeled", "unlabeled", "test"))
 
 
 def test_prepare_real_dataset_no_overlap(tmp_path: Path) -> None:
@@ -85,3 +90,21 @@ def test_invalid_params_stop_before_work(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "filter.confidence_threshold" in proc.stderr and "1.5" in proc.stderr
     assert not out.exists()
+
+
+def test_removed_data_format_names_its_replacement(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A params file from before the one on-disk format: an error naming data.format and data.residency."""
+    from stages.prepare import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    params = _params(tmp_path, format="npz")
+    out, metrics = tmp_path / "prepared", tmp_path / "m.json"
+    with pytest.raises(typer.Exit) as exit_info:
+        main(params_file=params, out=out, metrics=metrics)
+    assert exit_info.value.exit_code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err, err
+    assert re.search(r"key 'data\.format': removed: .*data\.residency", err), err
+    assert not out.exists() and not metrics.exists() and not (tmp_path / "mlflow.db").exists()

@@ -32,7 +32,7 @@ def test_every_profile_validates() -> None:
 
 def test_imagenet_profile_is_the_papers_efficientnet_recipe() -> None:
     p = load_params(PROFILES / "imagenet.yaml")
-    assert (p.data.source, p.data.format, p.data.image_size) == ("folders", "wds", 224)
+    assert (p.data.source, p.data.residency, p.data.image_size) == ("folders", "stream", 224)
     assert p.distributed.processes > 1 and p.device == "cuda"
     for optim in (p.teacher.optim, p.student.optim):
         # RMSProp, LR 0.128 at batch 2048, x0.97 every 4.8 epochs over 700 epochs (models up to B4)

@@ -1,23 +1,25 @@
 from __future__ import annotations
 
 import filecmp
+import re
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
-from noisy_student.config import FilterParams
-from noisy_student.data import ImageSet
-from noisy_student.pseudo_labels import (
+from noisy_student.config import FilterParams, ParamsError, load_params, parse_params
+from noisy_student.pseudo_labels import select
+from noisy_student.pseudo_labels.select import filter_balance, filter_balance_shards, select_rows
+from noisy_student.pseudo_labels.shards import prediction_table
+from noisy_student.pseudo_labels.targets import (
+    TOPK_CLASSES,
+    TOPK_PROBS,
+    SelectedImages,
     dense_from_top_k,
-    filter_balance,
-    filter_balance_shards,
     pool_positions,
-    prediction_table,
-    select,
-    select_rows,
     selected_targets,
     softmax,
     student_targets,
@@ -25,6 +27,8 @@ from noisy_student.pseudo_labels import (
     top_k,
 )
 from tests.reference_filter import filter_and_balance
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_threshold_drops_low_confidence_rows() -> None:
@@ -138,9 +142,9 @@ def _pool(n: int, k: int = 10, seed: int = 0) -> tuple[np.ndarray, np.ndarray, n
     return ids, source, labels, _probs(n, k, seed)
 
 
-def test_prediction_table_without_top_k_is_the_original_layout() -> None:
+def test_prediction_table_without_top_k_is_the_original_layout_plus_the_tar() -> None:
     ids, source, labels, probs = _pool(50)
-    reference = pa.table(  # the table `predict` wrote before prediction_table existed
+    reference = pa.table(  # the table `predict` wrote before prediction_table existed, then the tar's name
         {
             "id": pa.array(ids),
             "source": pa.array(source.astype(str)),
@@ -148,18 +152,31 @@ def test_prediction_table_without_top_k_is_the_original_layout() -> None:
             "pred": pa.array(probs.argmax(1).astype(np.int32)),
             "confidence": pa.array(probs.max(1)),
             "probs": pa.FixedSizeListArray.from_arrays(pa.array(probs.reshape(-1)), probs.shape[1]),
+            "shard": pa.array(["unlabeled-000007.tar"] * 50, pa.string()),
         }
     )
-    assert prediction_table(ids, source, labels, probs).equals(reference, check_metadata=True)
+    table = prediction_table(ids, source, labels, probs, "unlabeled-000007.tar")
+    assert table.equals(reference, check_metadata=True)
+    # top-k: the k largest in place of probs, the tar's name still last; no sample key column any more
+    top = prediction_table(ids, source, labels, probs, "unlabeled-000007.tar", 3)
+    assert top.column_names == ["id", "source", "label", "pred", "confidence", TOPK_PROBS, TOPK_CLASSES, "shard"]
+    assert top.drop_columns([TOPK_PROBS, TOPK_CLASSES]).equals(table.drop_columns(["probs"]))
+    assert top.schema.field("shard").type == pa.string()
+
+
+def _tar(index: int) -> str:
+    """The name of tar ``index`` of the unlabeled pool (the output's ``shard`` column)."""
+    return f"unlabeled-{index:06d}.tar"
 
 
 def _write_shards(folder: Path, n: int, shard: int, k: int | None, seed: int = 0) -> None:
+    """Prediction shards of a synthetic pool of ``n`` images in tars of ``shard``: part j from tar j."""
     folder.mkdir(parents=True)
     ids, source, labels, probs = _pool(n, seed=seed)
     for i, start in enumerate(range(0, n, shard)):
         sl = slice(start, start + shard)
         pq.write_table(
-            prediction_table(ids[sl], source[sl], labels[sl], probs[sl], k), folder / f"part-{i:05d}.parquet"
+            prediction_table(ids[sl], source[sl], labels[sl], probs[sl], _tar(i), k), folder / f"part-{i:05d}.parquet"
         )
 
 
@@ -267,15 +284,24 @@ def test_student_targets_join_the_pool_and_repeat_by_copies(tmp_path: Path, k: i
     # the pool in another order than the predictions, with one id twice: the last occurrence wins, as in a dict
     order = np.random.default_rng(1).permutation(300)
     pool_ids = np.concatenate([ids[order], ids[order[:1]]])
-    pool = ImageSet(np.zeros((301, 2, 2), np.uint8), np.zeros(301, np.int64), pool_ids, np.full(301, "x"))
-    rows, targets, stats = student_targets(out, pool, 10, mode)
-    want_rows, want_targets, copies_sum, probs_sum = _old_student_join(pq.read_table(out), pool_ids, mode)
+    selected, stats = student_targets(out, 10, mode)
+    table = pq.read_table(out)
+    # one row per selected image, in the file's order, with the tar that holds it
+    assert isinstance(selected, SelectedImages) and len(selected) == table.num_rows
+    np.testing.assert_array_equal(selected.ids, table["id"].to_numpy())
+    np.testing.assert_array_equal(selected.copies, table["copies"].to_numpy())
+    assert selected.shards.tolist() == table["shard"].to_pylist()
+    assert set(selected.shards.tolist()) <= {_tar(j) for j in range(3)}
+    assert selected.ids.dtype == selected.copies.dtype == np.int64 and selected.targets.dtype == np.float32
+    rows, targets = selected.rows(pool_ids, out)
+    want_rows, want_targets, copies_sum, probs_sum = _old_student_join(table, pool_ids, mode)
     np.testing.assert_array_equal(rows, want_rows)
     np.testing.assert_array_equal(targets, want_targets)
+    np.testing.assert_array_equal(np.repeat(selected.targets, selected.copies, axis=0), want_targets)
     assert rows.dtype == np.int64 and targets.dtype == np.float32 and targets.shape == (len(rows), 10)
     assert stats == {
         "pseudo_labeled_rows": len(want_rows),
-        "pseudo_labeled_unique": pq.read_table(out).num_rows,
+        "pseudo_labeled_unique": table.num_rows,
         "copies_sum": copies_sum,
         "probs_sum": probs_sum,
     }
@@ -285,18 +311,47 @@ def test_student_targets_name_the_file_on_bad_input(tmp_path: Path) -> None:
     folder = tmp_path / "predictions"
     _write_shards(folder, 100, 100, None)
     ids = _pool(100)[0]
-    pool = ImageSet(np.zeros((100, 2, 2), np.uint8), np.zeros(100, np.int64), ids, np.full(100, "x"))
     with pytest.raises(FileNotFoundError, match=r"nope\.parquet: .*run `filter-balance` first"):
-        student_targets(tmp_path / "nope.parquet", pool, 10, "soft")
+        student_targets(tmp_path / "nope.parquet", 10, "soft")
     empty = tmp_path / "empty.parquet"
     filter_balance_shards(folder, empty, 10, 1.1, 40, True, seed=0)  # threshold above every confidence
     with pytest.raises(ValueError, match=r"empty\.parquet: no pseudo-labeled image passed .*threshold=1\.1"):
-        student_targets(empty, pool, 10, "soft", threshold=1.1)
+        student_targets(empty, 10, "soft", threshold=1.1)
     selected = tmp_path / "selected.parquet"
     filter_balance_shards(folder, selected, 10, 0.0, 40, False, seed=0)
-    smaller = ImageSet(pool.images[2:], pool.labels[2:], pool.ids[2:], pool.source[2:])
+    chosen, _ = student_targets(selected, 10, "soft")
     with pytest.raises(ValueError, match=r"selected\.parquet: 2 ids not in the unlabeled pool"):
-        student_targets(selected, smaller, 10, "soft")
+        chosen.rows(ids[2:], selected)  # a pool without two of its images
+    table = pq.read_table(selected)
+    # predicted before every pool was a tar folder: no tar to stream an image from
+    pq.write_table(table.drop_columns(["shard"]), tmp_path / "noshard.parquet")
+    with pytest.raises(ValueError, match=r"noshard\.parquet: no 'shard' column; .*in-memory pool"):
+        student_targets(tmp_path / "noshard.parquet", 10, "soft")
+    pq.write_table(pa.concat_tables([table, table.slice(0, 2)]), tmp_path / "twice.parquet")
+    with pytest.raises(ValueError, match=r"twice\.parquet: 2 ids selected more than once"):
+        student_targets(tmp_path / "twice.parquet", 10, "soft")
+
+
+def test_selected_images_rows_must_match_the_ids() -> None:
+    with pytest.raises(ValueError, match=r"SelectedImages\.shards has 1 rows, ids have 2"):
+        SelectedImages(np.array([1, 2]), np.array(["a.tar"]), np.zeros((2, 3), np.float32), np.ones(2, np.int64))
+
+
+@pytest.mark.parametrize("where", ["top", "iteration"])
+def test_params_that_set_pseudo_labels_shard_size_are_told_the_tar_size_replaced_it(where: str, tmp_path: Path) -> None:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    if where == "top":
+        raw["pseudo_labels"]["shard_size"] = 20000
+        key = "pseudo_labels.shard_size"
+    else:
+        raw["iterations"]["it1"]["pseudo_labels"] = {"shard_size": 20000}
+        key = "iterations.it1.pseudo_labels.shard_size"
+    message = rf"key '{re.escape(key)}': removed: .*one tar at a time; the tar size is data\.wds_shard_size; delete it"
+    with pytest.raises(ParamsError, match=message):
+        parse_params(raw, "params.yaml")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ParamsError, match=rf"params\.yaml: invalid parameters:\n  - {message}"):
+        load_params(tmp_path / "params.yaml")
 
 
 def test_pool_positions() -> None:

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from noisy_student.cli import app
 from noisy_student.report.history import RUN_COLUMNS, mlflow_runs
 from noisy_student.report.seeds import TOTAL, seed_gains, seed_gains_plot, seed_summary
-from stages.__main__ import app
 
 ENV = {"env.cpu": "AMD EPYC", "env.cpu_generation": "family 25 model 17", "env.torch_threads": "2"}
 

@@ -18,12 +18,13 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
+from noisy_student.cli import app
 from noisy_student.config import ModelParams
 from noisy_student.models import create_classifier, save_checkpoint
 from noisy_student.paths import fgsm_curve
 from noisy_student.report.charts import fgsm_comparison
-from noisy_student.robustness import ALEXNET_IMAGENET_C_ERRORS, read_class_list
-from stages.__main__ import app
+from noisy_student.robustness.loaders import read_class_list
+from noisy_student.robustness.metrics import ALEXNET_IMAGENET_C_ERRORS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -190,7 +191,7 @@ def test_eval_p_reads_videos_and_frame_folders(tmp_path: Path) -> None:
 
 
 def test_mp4_read_back_through_the_loader(tmp_path: Path) -> None:
-    from noisy_student.robustness import iter_imagenet_p
+    from noisy_student.robustness.loaders import iter_imagenet_p
 
     write_mp4(tmp_path / "p" / "scale" / WNIDS[3] / "v.mp4", 6)
     ((name, videos, labels),) = list(iter_imagenet_p(tmp_path / "p", size=8, channels=3, wnids=WNIDS))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,10 @@ from noisy_student.data import ImageSet, save_imageset
 from noisy_student.report.history import mlflow_runs
 from noisy_student.tracking import registry, runs, store
 from noisy_student.tracking.datasets import count_rows, dataset_for
-from noisy_student.tracking.dvclock import Currency, digest, read_lock
+from noisy_student.tracking.dvclock import Currency, digest, path_md5, read_lock
 from noisy_student.tracking.environment import cpu_generation, environment_tags
 from noisy_student.tracking.pipeline import Pipeline, ensure_parent, headline_metrics
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run
 
 
 def _write(path: Path, data: dict[str, Any]) -> Path:
@@ -90,16 +91,17 @@ def test_currency_follows_params_and_upstream_outputs(tmp_path: Path, monkeypatc
     """An experiment's workspace: teacher unchanged, the student retrained (its new hash is in dvc.lock), the
     student's evaluations inherited from the baseline."""
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "data").mkdir()
-    test_npz = tmp_path / "data" / "test.npz"
-    test_npz.write_bytes(b"test images")
-    test_md5 = hashlib.md5(b"test images").hexdigest()
+    (tmp_path / "data" / "prepared").mkdir(parents=True)
+    # a file inside the prepare output folder (a dependency DVC hashes as a file, not as a .dir)
+    classes = tmp_path / "data" / "prepared" / "classes.json"
+    classes.write_bytes(b"test classes")
+    classes_md5 = hashlib.md5(b"test classes").hexdigest()
     _lock(
         tmp_path,
         {
             "prepare": {"outs": {"data": "d0.dir"}, "params": {"params.yaml": {"seed": 0}}},
-            "teacher": {"deps": {"data/test.npz": test_md5}, "outs": {"models/teacher.pt": "t1"}},
-            "eval@teacher": {"deps": {"models/teacher.pt": "t1", "data/test.npz": test_md5}},
+            "teacher": {"deps": {"data/prepared/classes.json": classes_md5}, "outs": {"models/teacher.pt": "t1"}},
+            "eval@teacher": {"deps": {"models/teacher.pt": "t1", "data/prepared/classes.json": classes_md5}},
             "student@it1": {"deps": {"models/teacher.pt": "t1"}, "outs": {"models/it1.pt": "s2"}},
             "eval@it1": {"deps": {"models/it1.pt": "s1"}, "params": {"params.yaml": {"eval": {"batch_size": 512}}}},
             "eval-C@teacher": {"deps": {"models/teacher.pt": "t1"}, "params": {"params.yaml": {"robustness.c": 9}}},
@@ -113,7 +115,7 @@ def test_currency_follows_params_and_upstream_outputs(tmp_path: Path, monkeypatc
     assert not currency.is_current("eval-C@teacher")  # ran with robustness.c = 9, the workspace says 10
     assert not currency.is_current("eval@it2")  # never ran
     # a changed file inside an output folder makes its readers stale
-    test_npz.write_bytes(b"other test images")
+    classes.write_bytes(b"other test classes")
     assert not Currency(lock, "student@it1", params).is_current("eval@teacher")
     # the running stage's outputs are compared with the files themselves (its lock entry is the old one)
     (tmp_path / "models").mkdir()
@@ -128,22 +130,36 @@ def test_currency_follows_params_and_upstream_outputs(tmp_path: Path, monkeypatc
 def test_datasets_carry_the_dvc_digest_and_row_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     images = np.zeros((7, 8, 8, 3), np.uint8)
-    save_imageset(tmp_path / "data" / "test.npz", ImageSet(images, np.arange(7), np.arange(7), np.zeros(7, "U1")))
+    test_split = tmp_path / "data" / "prepared" / "test.wds"  # a prepared split: a folder of tars + _info.json
+    save_imageset(test_split, ImageSet(images, np.arange(7), np.arange(7), np.zeros(7, "U1")), shard_size=3)
+    # a robustness set (data/robustness/c.npz): images (corruptions, severities, N, H, W, C), one label per image
+    robustness = tmp_path / "data" / "robustness"
+    robustness.mkdir()
+    np.savez(robustness / "c.npz", images=np.zeros((2, 3, 5, 8, 8, 3), np.uint8), labels=np.arange(5))
     pd.DataFrame({"id": range(5)}).to_parquet(tmp_path / "data" / "selected.parquet")
     shards = tmp_path / "data" / "predictions"
     shards.mkdir()
     for i in range(2):
         pd.DataFrame({"id": range(3)}).to_parquet(shards / f"part-{i}.parquet")
-    assert count_rows(Path("data/test.npz")) == 7
+    assert count_rows(Path("data/prepared/test.wds")) == 7  # _info.json's count, over its 3 tars
+    assert count_rows(Path("data/robustness/c.npz")) == 5  # images, not corruptions x severities x images
     assert count_rows(Path("data/selected.parquet")) == 5 and count_rows(shards) == 6
-    _lock(tmp_path, {"predict@it1": {"outs": {"data/predictions": "abc.dir"}}})
+    _lock(
+        tmp_path,
+        {
+            "predict@it1": {"outs": {"data/predictions": "abc.dir"}},
+            "robustness-data": {"outs": {"data/robustness": "r"}},
+        },
+    )
 
-    test = dataset_for(Path("data/test.npz"), "rev1")
-    # no lock entry for a file inside nothing DVC tracks (a first run): hashed here the way DVC hashes files
-    assert test.digest == hashlib.md5((tmp_path / "data" / "test.npz").read_bytes()).hexdigest()
-    assert test.name == "data/test.npz" and json.loads(test.to_dict()["profile"]) == {"num_rows": 7}
-    assert json.loads(test.to_dict()["source"]) == {"path": "data/test.npz", "rev": "rev1"}
+    test = dataset_for(Path("data/prepared/test.wds"), "rev1")
+    assert test.name == "data/prepared/test.wds" and json.loads(test.to_dict()["profile"]) == {"num_rows": 7}
+    assert json.loads(test.to_dict()["source"]) == {"path": "data/prepared/test.wds", "rev": "rev1"}
     assert test.to_dict()["source_type"] == "dvc"
+    # a file inside an output folder has no lock entry of its own: hashed here the way DVC hashes files
+    c_set = dataset_for(Path("data/robustness/c.npz"))
+    assert c_set.digest == hashlib.md5((robustness / "c.npz").read_bytes()).hexdigest()
+    assert json.loads(c_set.to_dict()["profile"]) == {"num_rows": 5}
     folder = dataset_for(tmp_path / "data" / "predictions")  # absolute paths inside the workspace are relative
     assert folder.name == "data/predictions" and folder.digest == "abc.dir"
     assert digest(read_lock(), "data/elsewhere") is None
@@ -260,3 +276,36 @@ def test_training_runs_url_selects_the_training_side(tmp_path: Path, monkeypatch
     )
     assert url == f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_a_split_folder_inside_an_output_hashes_as_dvc_records_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stage's dependency on a split folder inside `prepare`'s output (data/prepared/test.wds) is hashed
+    as DVC hashes it: a real `dvc repro` records the folder's .dir hash, and Currency finds it current."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    make = (
+        "import numpy as np\nfrom noisy_student.data import ImageSet, save_imageset\n"
+        "images, n = np.arange(256, dtype=np.uint8).reshape(4, 8, 8), np.arange(4)\n"
+        "save_imageset('data/prepared/test.wds', ImageSet(images, n, n, np.array(['x'] * 4)), 2)\n"
+    )
+    (repo / "make.py").write_text(make)
+    use = "python -c \"open('used.txt', 'w').write('x')\""
+    stages = {
+        "make": {"cmd": "python make.py", "deps": ["make.py"], "outs": ["data/prepared"]},
+        "use": {"cmd": use, "deps": ["data/prepared/test.wds"], "outs": ["used.txt"]},
+    }
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    for cmd in (
+        ["git", "init", "-q"],
+        [sys.executable, "-m", "dvc", "init", "-q"],
+        [sys.executable, "-m", "dvc", "repro"],
+    ):
+        run(cmd, repo)
+    recorded = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["use"]["deps"][0]
+    assert recorded["path"] == "data/prepared/test.wds" and recorded["md5"].endswith(".dir")
+    monkeypatch.chdir(repo)
+    assert path_md5(Path("data/prepared/test.wds")) == recorded["md5"]
+    assert digest(read_lock(), "data/prepared/test.wds") == recorded["md5"]
+    assert Currency(read_lock(), "report", {}).is_current("use")

@@ -181,11 +181,11 @@ def test_pipeline_runs_group_their_stage_runs(micro_project: Path, mlflow_server
     selected = next(o["md5"] for o in lock["filter-balance@it1"]["outs"] if o["path"].endswith("selected.parquet"))
     for name, parent in parents.items():
         datasets = _datasets(parent)
-        assert {"data/prepared/test.npz", "data/pseudo/it1/selected.parquet"} <= set(datasets), (name, datasets)
+        assert {"data/prepared/test.wds", "data/pseudo/it1/selected.parquet"} <= set(datasets), (name, datasets)
         assert datasets["data/pseudo/it1/selected.parquet"]["digest"] == selected
-        assert datasets["data/prepared/test.npz"]["profile"] == {"num_rows": 200}
+        assert datasets["data/prepared/test.wds"]["profile"] == {"num_rows": 200}
     student = next(r for r in runs if r["info"]["run_name"] == "student@it1" and _tags(r["data"])["dvc_exp"] == "mag2")
-    assert _datasets(student)["data/prepared/labeled.npz"]["context"] == "training"
+    assert _datasets(student)["data/prepared/labeled.wds"]["context"] == "training"
 
     # where it ran, and how busy the machine was while training (MLflow logs a sample only once an interval
     # has passed, and micro trainings take about a second: at least one of the four has one)

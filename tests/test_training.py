@@ -10,8 +10,10 @@ from noisy_student.config import ModelParams, OptimParams, StudentNoiseParams
 from noisy_student.data.imageset import ImageSet
 from noisy_student.models import create_classifier
 from noisy_student.seeds import seed_everything
-from noisy_student.training import TrainData, joint_loss, one_hot, train_classifier
+from noisy_student.training.batches import TrainData, one_hot
+from noisy_student.training.loop import train_classifier
 from noisy_student.training.recipe import PlanError, RunPlan, TrainingInputs, build_model
+from noisy_student.training.task import joint_loss
 
 NOISE = StudentNoiseParams(randaugment_num_ops=1, randaugment_magnitude=5, dropout=0.1, stochastic_depth=0.1)
 
@@ -82,12 +84,16 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
     with pytest.raises(_Killed):
         _train(ckpt, epochs=4, on_epoch=die_after_two)
     # killed after update 8; the last checkpoint is update 6 = epoch 2, step 3 of 4 (mid-epoch)
-    state = torch.load(ckpt, weights_only=False)
+    state = torch.load(ckpt, weights_only=True)  # as the loop reads it: tensors and plain containers only
     assert (state["epoch"], state["step"]) == (1, 2)
+    # one entry per rank: its MemoryBatches state (shared index generator, both streams) and its generators
+    assert len(state["ranks"]) == 1 and set(state["ranks"][0]) == {"batches", "rng"}
+    assert set(state["ranks"][0]["batches"]) == {"gen", "labeled", "unlabeled"}
+    assert state["ranks"][0]["batches"]["labeled"]["pos"] == 2 * 16, "mid-epoch: 2 of 4 labeled batches drawn"
     resumed, hist = _train(ckpt, epochs=4)
     assert [h["epoch"] for h in hist] == [1, 2, 3, 4]
     for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
-        torch.testing.assert_close(a, b, msg=k)
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)  # bit for bit
     # the partial epoch's loss was carried over, so even the resumed epoch's record matches
     for a, b in zip(full_hist, hist, strict=True):
         assert a == pytest.approx(b)

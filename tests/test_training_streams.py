@@ -24,15 +24,14 @@ from noisy_student import distributed
 from noisy_student.config import ModelParams, OptimParams, StudentNoiseParams
 from noisy_student.distributed import World
 from noisy_student.models import create_classifier
-from noisy_student.pseudo_labels.keyed import KeyedTargets
+from noisy_student.pseudo_labels.targets import SelectedImages
 from noisy_student.seeds import seed_everything
-from noisy_student.training import StreamedTrainData, TrainData, epoch_steps, one_hot, streams, train_classifier
-from noisy_student.training.loop import _Batches
-from noisy_student.training.streams import PseudoStream, StreamedBatches
+from noisy_student.training import streams
+from noisy_student.training.batches import BatchPlan, MemoryBatches, TrainData, one_hot
+from noisy_student.training.loop import epoch_steps, train_classifier
+from noisy_student.training.streams import PseudoStream, StreamedBatches, StreamedTrainData
 
 NOISE = StudentNoiseParams(randaugment_num_ops=1, randaugment_magnitude=5, dropout=0.1, stochastic_depth=0.1)
-# no input noise: batches hold the images as written, so tests can tell which image each one is
-PLAIN = StudentNoiseParams(randaugment_num_ops=0, crop_padding=0, hflip=False, dropout=0.0, stochastic_depth=0.0)
 N_LABELED, N_UNLABELED, SHARD = 48, 40, 12  # 4 labeled tars, 4 unlabeled tars (the last one shorter)
 BATCH, RATIO = 8, 2
 SMOOTHING = 0.1
@@ -95,22 +94,23 @@ class Shards:
         rows = [i for i in range(3 * SHARD) if i % 2 == 0]
         g = np.random.default_rng(2)
         targets = g.dirichlet([1.0, 1.0], size=len(rows)).astype(np.float32)
-        self.pseudo = KeyedTargets(
-            keys=np.array([f"{self.unlabeled_ids[i]:010d}" for i in rows]),
+        self.pseudo = SelectedImages(
+            ids=self.unlabeled_ids[rows].astype(np.int64),
             shards=np.array([tars[i // SHARD] for i in rows]),
             targets=targets,
-            copies=g.integers(1, 4, len(rows)),
+            copies=g.integers(1, 4, len(rows)).astype(np.int64),
         )
+        self.pass_size = int(self.pseudo.copies.sum())  # pseudo-labeled samples per pass
         (self.unlabeled / tars[3]).unlink()
         # which image a batch row is: images are random, so their bytes name them
-        self.key_of = {
-            img.tobytes(): f"{id_:010d}" for img, id_ in zip(self.unlabeled_images, self.unlabeled_ids, strict=True)
+        self.pseudo_id_of = {
+            img.tobytes(): int(id_) for img, id_ in zip(self.unlabeled_images, self.unlabeled_ids, strict=True)
         }
         self.id_of = {img.tobytes(): int(id_) for img, id_ in zip(self.labeled_images, self.labeled_ids, strict=True)}
 
-    def copies(self) -> dict[str, int]:
-        """Each selected key's copies per pass."""
-        return dict(zip(self.pseudo.keys.tolist(), self.pseudo.copies.tolist(), strict=True))
+    def copies(self) -> dict[int, int]:
+        """Each selected id's copies per pass."""
+        return dict(zip(self.pseudo.ids.tolist(), self.pseudo.copies.tolist(), strict=True))
 
     def data(self, workers: int = 0, pseudo: bool = True) -> StreamedTrainData:
         return StreamedTrainData(
@@ -131,47 +131,49 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Shards:
     return Shards(tmp_path_factory.mktemp("shards"))
 
 
-def _uint8(batch: torch.Tensor) -> np.ndarray:
-    """Float 0..1 ``(B, 1, H, W)`` back to the written uint8 ``(B, H, W)``."""
-    return (batch * 255).round().to(torch.uint8)[:, 0].numpy()
-
-
 def _labeled_epoch(batches: StreamedBatches, epoch: int, shards: Shards) -> list[int]:
+    """The labeled ids of this rank's epoch ``epoch`` (``BATCH`` a step), checking each target."""
     batches.begin_epoch(epoch, 0)
     ids = []
     for _ in range(epoch_steps(shards.data(), BATCH * batches.world.size)):
-        (x, t), _, n = batches.next()
-        batch_ids = [shards.id_of[img.tobytes()] for img in _uint8(x)]
+        (x, t), pseudo = batches.next()
+        assert pseudo is None
+        assert x.dtype == torch.uint8 and x.shape == (BATCH, 1, 16, 16), "raw images: the loop augments them"
+        batch_ids = [shards.id_of[img.numpy().tobytes()] for img in x[:, 0]]
         torch.testing.assert_close(t, one_hot(shards.labels[batch_ids], 2, SMOOTHING))
-        assert n == BATCH * batches.world.size
         ids += batch_ids
     return ids
+
+
+def _labeled_batches(data: StreamedTrainData, world: World) -> StreamedBatches:
+    """Labeled-only batches of ``BATCH`` images per rank."""
+    return StreamedBatches(data, BatchPlan(BATCH * world.size), world, seed=0, pin_memory=False)
 
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_the_labeled_stream_reads_every_image_once_per_epoch_with_its_target(shards: Shards, workers: int) -> None:
     data = shards.data(workers, pseudo=False)
-    batches = StreamedBatches(data, PLAIN, BATCH, 0, True, CPU, False, World(), seed=0)
+    batches = _labeled_batches(data, World())
     first, second = _labeled_epoch(batches, 0, shards), _labeled_epoch(batches, 1, shards)
     assert sorted(first) == sorted(second) == list(range(N_LABELED))
     assert first != second, "every epoch is shuffled anew"
     # an epoch's order is a function of the seed and the epoch: a rebuilt stream reads the same
-    again = StreamedBatches(data, PLAIN, BATCH, 0, True, CPU, False, World(), seed=0)
+    again = _labeled_batches(data, World())
     assert _labeled_epoch(again, 1, shards) == second
 
 
-def _passes(stream: PseudoStream, shards: Shards, n: int = 1) -> list[list[str]]:
-    """The keys of the stream's next ``n`` passes, read one sample at a time (checking each target);
+def _passes(stream: PseudoStream, shards: Shards, n: int = 1) -> list[list[int]]:
+    """The ids of the stream's next ``n`` passes, read one sample at a time (checking each target);
     the stream is left one sample into the pass after them."""
     start, passes = stream.pass_, [[] for _ in range(n)]
     while True:
         image, target = stream.take(1)
         if stream.pass_ == start + n:
             return passes
-        key = shards.key_of[image[0, 0].numpy().tobytes()]
-        row = list(shards.pseudo.keys).index(key)
+        image_id = shards.pseudo_id_of[image[0, 0].numpy().tobytes()]
+        row = shards.pseudo.ids.tolist().index(image_id)
         torch.testing.assert_close(target[0], torch.from_numpy(shards.pseudo.targets[row]))
-        passes[stream.pass_ - start].append(key)
+        passes[stream.pass_ - start].append(image_id)
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -179,10 +181,10 @@ def test_the_pseudo_stream_repeats_each_selected_image_copies_times_per_pass(sha
     stream = PseudoStream(shards.data(workers), BATCH, seed=0, world=World(), workers=workers)
     expected = shards.copies()
     first, second = _passes(stream, shards, 2)
-    assert Counter(first) == Counter(second) == expected  # only selected keys, each `copies` times
+    assert Counter(first) == Counter(second) == expected  # only selected ids, each `copies` times
     assert first != second, "pass p is shuffled with seed + p"
-    images, targets = stream.take(3 * shards.pseudo.rows)  # batches span passes
-    assert images.shape == (3 * shards.pseudo.rows, 1, 16, 16) and images.dtype == torch.uint8
+    images, targets = stream.take(3 * shards.pass_size)  # batches span passes
+    assert images.shape == (3 * shards.pass_size, 1, 16, 16) and images.dtype == torch.uint8
     torch.testing.assert_close(targets.sum(1), torch.ones(len(targets)))
 
 
@@ -196,13 +198,13 @@ def test_ranks_read_disjoint_pseudo_labeled_images(shards: Shards, workers: int)
 
 def test_a_resumed_pseudo_stream_continues_where_it_stopped(shards: Shards) -> None:
     stream = PseudoStream(shards.data(), BATCH, 0, World(), 0)
-    stream.take(shards.pseudo.rows + 5)  # into pass 1
+    stream.take(shards.pass_size + 5)  # into pass 1
     state = stream.state()
     assert state == {"pass": 1, "consumed": 5}
-    rest = stream.take(2 * shards.pseudo.rows)
+    rest = stream.take(2 * shards.pass_size)
     resumed = PseudoStream(shards.data(), BATCH, 0, World(), 0)
     resumed.load(state)
-    for a, b in zip(rest, resumed.take(2 * shards.pseudo.rows), strict=True):
+    for a, b in zip(rest, resumed.take(2 * shards.pass_size), strict=True):
         torch.testing.assert_close(a, b)
 
 
@@ -240,7 +242,7 @@ def test_streamed_training_takes_the_steps_of_the_same_data_in_memory(
     streamed = shards.data(pseudo=False)
     assert epoch_steps(memory, BATCH) == epoch_steps(streamed, BATCH) == N_LABELED // BATCH
     calls: Counter[str] = Counter()
-    for cls in (_Batches, StreamedBatches):
+    for cls in (MemoryBatches, StreamedBatches):
         original = cls.next
 
         def counted(self, original=original, name=cls.__name__):  # noqa: ANN001, ANN202
@@ -250,7 +252,7 @@ def test_streamed_training_takes_the_steps_of_the_same_data_in_memory(
         monkeypatch.setattr(cls, "next", counted)
     _, memory_history = _train(memory, epochs=2)
     _, streamed_history = _train(streamed, epochs=2)
-    assert calls["_Batches"] == calls["StreamedBatches"] == 2 * N_LABELED // BATCH
+    assert calls["MemoryBatches"] == calls["StreamedBatches"] == 2 * N_LABELED // BATCH
     assert [h["epoch"] for h in streamed_history] == [h["epoch"] for h in memory_history] == [1, 2]
     assert all(np.isfinite(h["train_loss"]) for h in streamed_history)
 
@@ -289,9 +291,10 @@ def test_an_interrupted_streamed_run_resumes_to_the_same_weights(
     # killed after update 12; the last state is update 10 = epoch 2, step 5 of 6, 160 pseudo-labeled images in
     state = torch.load(ckpt, weights_only=True)
     assert (state["epoch"], state["step"]) == (1, 4)
-    position = state["rank_streams"][0]["streamed"]
-    assert position["workers"] == workers
-    assert position["pass"] * shards.pseudo.rows + position["consumed"] == 10 * BATCH * RATIO
+    assert len(state["ranks"]) == 1 and set(state["ranks"][0]) == {"batches", "rng"}
+    position = state["ranks"][0]["batches"]
+    assert position == {"workers": workers, "pass": position["pass"], "consumed": position["consumed"]}
+    assert position["pass"] * shards.pass_size + position["consumed"] == 10 * BATCH * RATIO
     steps = Counter[int]()
     original = StreamedBatches.next
 
@@ -303,22 +306,21 @@ def test_an_interrupted_streamed_run_resumes_to_the_same_weights(
     resumed, history = _train(data, ckpt)
     assert steps[0] == 3 * 6 - 10, "the rerun resumed at update 10 (it did not start over)"
     for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
-        torch.testing.assert_close(a, b, msg=k)
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)  # bit for bit
     for a, b in zip(full_history, history, strict=True):
         assert a == pytest.approx(b)
 
 
 def _rank_job(rank: int, shards: Shards, tmp: str) -> None:
-    """One of two gloo ranks: which labeled ids (one epoch) and pseudo-labeled keys (one pass) it reads, then
+    """One of two gloo ranks: which labeled ids (one epoch) and pseudo-labeled ids (one pass) it reads, then
     a streamed run, the same run stopped on both ranks after update 12, and its resumed rerun."""
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=2)
     try:
         world = distributed.world()
-        batches = StreamedBatches(shards.data(pseudo=False), PLAIN, 2 * BATCH, 0, True, CPU, False, world, seed=0)
-        labeled = _labeled_epoch(batches, 0, shards)
-        keys = _passes(PseudoStream(shards.data(), BATCH, 0, world, 0), shards)[0]
-        Path(f"{tmp}/reads.{rank}").write_text(json.dumps({"labeled": labeled, "pseudo": keys}))
+        labeled = _labeled_epoch(_labeled_batches(shards.data(pseudo=False), world), 0, shards)
+        pseudo = _passes(PseudoStream(shards.data(), BATCH, 0, world, 0), shards)[0]
+        Path(f"{tmp}/reads.{rank}").write_text(json.dumps({"labeled": labeled, "pseudo": pseudo}))
 
         ckpt = Path(tmp) / "state.pt"
         full, _ = _train(shards.data(), ckpt)
@@ -342,7 +344,7 @@ def _rank_job(rank: int, shards: Shards, tmp: str) -> None:
         finally:
             StreamedBatches.next = original  # type: ignore[method-assign]
         dist.barrier()
-        positions = torch.load(ckpt, weights_only=True)["rank_streams"]
+        positions = [r["batches"] for r in torch.load(ckpt, weights_only=True)["ranks"]]
         dist.barrier()  # both read the state before rank 0's rerun finishes and removes it
         calls.clear()
         StreamedBatches.next = counted  # type: ignore[method-assign]
@@ -370,16 +372,17 @@ def test_two_gloo_ranks_read_disjoint_shards_and_resume_exactly(shards: Shards, 
     assert Counter(reads[0]["pseudo"] + reads[1]["pseudo"]) == shards.copies()
     out = torch.load(tmp_path / "out.pt", weights_only=True)
     # the state holds each rank's pseudo-labeled position: 10 updates x 8 images, in passes over its own tars
-    positions = [p["streamed"] for p in out["positions"]]
+    positions = out["positions"]
     assert len(positions) == 2 and positions[0] != positions[1]
+    assert all(set(p) == {"workers", "pass", "consumed"} for p in positions)
     for key, value in out["full"].items():
-        torch.testing.assert_close(out["resumed"][key], value, msg=key)
+        torch.testing.assert_close(out["resumed"][key], value, rtol=0, atol=0, msg=key)
 
 
 def test_the_content_key_changes_with_the_pseudo_labels(shards: Shards) -> None:
     data = shards.data()
     assert data.content_key() == shards.data(workers=2).content_key(), "loader workers are not content"
-    more = KeyedTargets(data.pseudo.keys, data.pseudo.shards, data.pseudo.targets, data.pseudo.copies + 1)
+    more = SelectedImages(data.pseudo.ids, data.pseudo.shards, data.pseudo.targets, data.pseudo.copies + 1)
     other = StreamedTrainData(data.labeled, N_LABELED, 1, 2, SMOOTHING, unlabeled=data.unlabeled, pseudo=more)
     assert other.content_key() != data.content_key() != shards.data(pseudo=False).content_key()
 

@@ -1,4 +1,4 @@
-"""End to end on WebDataset shards: a real `dvc repro` with `data.format: wds` and 2 processes for
+"""End to end on streamed tars: a real `dvc repro` with `data.residency: stream` and 2 processes for
 teacher, predict and student (torchrun, gloo on CPU), a real MLflow store."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from noisy_student.data.wds import read_info, read_wds_imageset
+from noisy_student.data.wds import load_imageset, read_info
 from tests.conftest import FASHION_MNIST, ROOT, make_project, micro_params, run
 
 DVC = [sys.executable, "-m", "dvc"]
@@ -23,7 +23,7 @@ def test_repro_on_shards_with_two_processes(tmp_path: Path) -> None:
     if not FASHION_MNIST.is_dir():
         pytest.fail(f"{FASHION_MNIST} missing: the test setup installs dataset-fashion-mnist (make test)")
     p = micro_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
-    p["data"].update(format="wds", wds_shard_size=48, workers=0)  # 100 labeled -> 3 tars: every rank reads one
+    p["data"].update(residency="stream", wds_shard_size=48, workers=0)  # 100 labeled -> 3 tars: every rank reads one
     p["distributed"] = {"processes": 2, "sync_batchnorm": False}
     repo = make_project(tmp_path, p)
     # the store named explicitly: a test that called mlflow.set_tracking_uri leaves it in the environment
@@ -33,23 +33,22 @@ def test_repro_on_shards_with_two_processes(tmp_path: Path) -> None:
     prepared = repo / "data" / "prepared"
     for split, n in (("labeled", 100), ("unlabeled", 340), ("test", 200)):
         assert read_info(prepared / f"{split}.wds").num_samples == n
-        assert not (prepared / f"{split}.npz").exists()
     # the three training-side stages ran as two torchrun ranks
     for module in ("stages.teacher", "stages.predict", "stages.student"):
         assert f"--nproc_per_node=2 -m {module}" in proc.stderr, f"{module} did not start 2 ranks:\n{proc.stderr}"
 
-    # predictions: one Parquet file per unlabeled tar, rows keyed by the sample key and its tar
+    # predictions: one Parquet file per unlabeled tar, every row with its image id and its tar
     tars = read_info(prepared / "unlabeled.wds").filenames
     parts = sorted((repo / "data" / "pseudo" / "it1" / "predictions").glob("part-*.parquet"))
     assert len(parts) == len(tars)
-    pool = read_wds_imageset(prepared / "unlabeled.wds")
+    pool = load_imageset(prepared / "unlabeled.wds")
     for j, part in enumerate(parts):
         table = pq.read_table(part)
         assert set(table["shard"].to_pylist()) == {tars[j]}
-        assert table["key"].to_pylist() == [f"{i:010d}" for i in table["id"].to_pylist()]
+        assert "key" not in table.column_names  # the join is by id
     assert sum(pq.ParquetFile(f).metadata.num_rows for f in parts) == len(pool)
     selected = pq.read_table(repo / "data" / "pseudo" / "it1" / "selected.parquet")
-    assert {"key", "shard", "copies"} <= set(selected.column_names)
+    assert {"id", "shard", "copies"} <= set(selected.column_names)
 
     student = json.loads((repo / "metrics" / "student-it1.json").read_text())
     assert student["pseudo_labeled_rows"] == int(sum(selected["copies"].to_pylist())) > 0

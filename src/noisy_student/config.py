@@ -28,8 +28,9 @@ class DataParams(_Section):
     ``source: fashion_mnist`` reads the IDX release and uses the keys up to
     ``ood_sources``; ``source: folders`` reads the user's ImageNet-style folders
     and uses ``labeled_dir`` .. ``max_unlabeled`` (the other group is ignored).
-    ``format``, ``wds_shard_size`` and ``workers`` apply to both sources: how the
-    prepared splits are stored (:mod:`noisy_student.data.wds`) and read.
+    ``wds_shard_size``, ``residency``, ``memory_budget_gb`` and ``workers`` apply to both sources:
+    ``prepare`` always writes WebDataset tar folders (:mod:`noisy_student.data.wds`); where the
+    images live while a model trains is ``residency``'s choice, not the files'.
     """
 
     fashion_mnist_dir: str = "/usr/share/datasets/fashion-mnist"
@@ -52,12 +53,15 @@ class DataParams(_Section):
     channels: Literal[1, 3] = 3
     # seeded uniform subsample of the unlabeled files before decoding; None: all
     max_unlabeled: int | None = Field(None, ge=1)
-    # on-disk format of the prepared splits: 'npz' (one in-memory ImageSet file per split, small data) or
-    # 'wds' (a <split>.wds folder of WebDataset tar shards + _info.json, streamed: ImageNet-size data)
-    format: Literal["npz", "wds"] = "npz"
-    # format 'wds' only: images per tar file (the last one of a split may hold fewer)
-    wds_shard_size: int = Field(10000, ge=1)
-    # DataLoader worker processes per training rank reading streamed ('wds') data; 0: in the training process
+    # images per tar file of every prepared split (the last one may hold fewer); a tar is also predict's unit
+    # of work, labelled in batches of pseudo_labels.batch_size from its first image
+    wds_shard_size: int = Field(10240, ge=1)
+    # where training reads the images from: 'memory' decodes the labeled and unlabeled splits once into
+    # uint8 arrays (small data: the default), 'stream' reads the tars while training (ImageNet-size data),
+    # 'auto' is memory when both splits decode to at most memory_budget_gb, else stream
+    residency: Literal["auto", "memory", "stream"] = "auto"
+    memory_budget_gb: float = Field(8.0, gt=0)
+    # DataLoader worker processes per training rank reading streamed tars; 0: in the training process
     workers: int = Field(0, ge=0)
 
     @model_validator(mode="after")
@@ -190,7 +194,6 @@ class PseudoLabelParams(_Section):
     # dropout, stochastic depth). The paper's method keeps the teacher un-noised.
     noised_teacher: bool = False
     batch_size: int = Field(512, ge=1)
-    shard_size: int = Field(20000, ge=1)
     # store only the k largest probabilities (+ their classes) per image; the student
     # renormalises them to dense targets. null = the full distribution (paper's code).
     top_k: int | None = Field(None, ge=1)
@@ -401,16 +404,6 @@ class Params(_Section):
             raise ValidationError.from_exception_data(type(self).__name__, details)
         return self
 
-    @model_validator(mode="after")
-    def _streamed_data_fits(self) -> Params:
-        # FixRes finetunes on host tensors; streamed shards never are
-        if self.data.format == "wds" and self.student.fixres.epochs:
-            why = PydanticCustomError("fixres_streamed", "0 with data.format: wds (FixRes needs data.format: npz)")
-            loc = ("student", "fixres", "epochs")
-            detail = InitErrorDetails(type=why, loc=loc, input=self.student.fixres.epochs)
-            raise ValidationError.from_exception_data(type(self).__name__, [detail])
-        return self
-
     def for_iteration(self, name: str) -> Params:
         """These params with iteration ``name``'s overrides merged into its sections."""
         if name not in self.iterations:
@@ -439,6 +432,17 @@ class ParamsError(ValueError):
     """A params file that cannot be used; the message names file, key and expectation."""
 
 
+# keys that once existed: a params file that still sets one is told what replaced it
+REMOVED_KEYS = {
+    ("data", "format"): (
+        "removed: prepare always writes WebDataset tar folders (<split>.wds); whether training holds the "
+        "images in memory or streams the tars is data.residency (auto | memory | stream)"
+    ),
+    ("pseudo_labels", "shard_size"): (
+        "removed: predict labels the unlabeled pool one tar at a time; the tar size is data.wds_shard_size"
+    ),
+}
+
 # custom error types whose message already quotes the value found and says what is allowed
 _SELF_DESCRIBED = ("timm_model", "iteration_teacher", "evaluate_model")
 _MAX_INPUT_CHARS = 80
@@ -463,6 +467,8 @@ def _describe(err: dict[str, Any]) -> str:
             f"key '{key}': applies to pseudo-labeled images, which only the student sees; set it in the "
             f"student's noise (noise.{err['loc'][-1]}) and remove it from teacher.noise"
         )
+    if err["type"] == "extra_forbidden" and tuple(err["loc"][-2:]) in REMOVED_KEYS:
+        return f"key '{key}': {REMOVED_KEYS[tuple(err['loc'][-2:])]}; delete it from the params file"
     if err["type"] == "extra_forbidden":
         return f"unknown key '{key}' (check the spelling; allowed keys are the ones in the default params.yaml)"
     return f"key '{key}': got {got}; expected: {msg}"

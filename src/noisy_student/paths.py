@@ -12,11 +12,11 @@ import re
 from pathlib import Path
 
 PREPARED = Path("data/prepared")
-LABELED = PREPARED / "labeled.npz"
-UNLABELED = PREPARED / "unlabeled.npz"
-TEST = PREPARED / "test.npz"
+LABELED = PREPARED / "labeled.wds"  # every prepared split: a folder of WebDataset tars
+UNLABELED = PREPARED / "unlabeled.wds"
+TEST = PREPARED / "test.wds"
 CLASSES_FILE = "classes.json"  # inside the prepared folder
-MANIFEST_FILE = "files.csv"  # inside the prepared folder (data.source: folders)
+MANIFEST_FILE = "files.csv"  # inside each split folder (data.source: folders): id -> image file
 ROBUSTNESS_DATA = Path("data/robustness")
 MODELS = Path("models")
 METRICS = Path("metrics")

@@ -20,12 +20,12 @@ import typer
 import yaml
 from PIL import Image
 
-from noisy_student.data import ImageSet
+from noisy_student.console import friendly_errors
 from noisy_student.data.images import ImageTooSmallError
-from noisy_student.pseudo_labels import filter_balance_shards, student_targets, write_prediction_shards
-from noisy_student.pseudo_labels.targets import ParquetReadError
+from noisy_student.pseudo_labels.select import filter_balance_shards
+from noisy_student.pseudo_labels.shards import prediction_table, shard_path, write_shard
+from noisy_student.pseudo_labels.targets import ParquetReadError, student_targets
 from noisy_student.robustness.loaders import load_image_folder
-from stages._common import friendly_errors
 from tests.conftest import ROOT
 from tests.test_folders import make_tree
 from tests.test_prepare_folders import folders_params
@@ -86,13 +86,15 @@ def test_release_loader_refuses_a_2x2_image_and_keeps_a_28_px_one(tmp_path: Path
 
 
 def _shards(folder: Path, rows: int = 60, shard_size: int = 25) -> None:
-    """Prediction shards written by the real streaming writer (``predict``'s), 10 classes, 3 shards."""
+    """Prediction shards as ``predict`` writes them (its table and writer), 10 classes: one per tar of the pool."""
     rng = np.random.default_rng(0)
-    pool = ImageSet(
-        np.zeros((rows, 8, 8), np.uint8), rng.integers(0, 10, rows), np.arange(rows), np.full(rows, "fashion_mnist")
-    )
+    labels, ids, source = rng.integers(0, 10, rows), np.arange(rows), np.full(rows, "fashion_mnist")
     probs = rng.dirichlet(np.ones(10), rows).astype(np.float32)
-    write_prediction_shards(pool, [probs[:32], probs[32:]], folder, shard_size, None)
+    folder.mkdir(parents=True)
+    for j, start in enumerate(range(0, rows, shard_size)):  # 3 shards: 25, 25 and 10 rows
+        sl = slice(start, start + shard_size)
+        table = prediction_table(ids[sl], source[sl], labels[sl], probs[sl], f"unlabeled-{j:06d}.tar")
+        write_shard(shard_path(folder, j), table, {"shard": j})
 
 
 def _truncate(path: Path) -> None:
@@ -146,12 +148,11 @@ def test_student_targets_on_a_truncated_selection_names_it(tmp_path: Path, capsy
     selected = tmp_path / "selected.parquet"
     filter_balance_shards(predictions, selected, 10, 0.0, 10, True, seed=0)
     _truncate(selected)
-    pool = ImageSet(np.zeros((60, 8, 8), np.uint8), np.zeros(60, np.int64), np.arange(60), np.full(60, "x"))
     with pytest.raises(ParquetReadError, match=r"selected\.parquet: " + NOT_PARQUET.format("filter-balance")):
-        student_targets(selected, pool, 10, "soft")
+        student_targets(selected, 10, "soft")
     # the student stage wraps this call in friendly_errors(ValueError): exit 2 and one line
     with pytest.raises(typer.Exit) as exit_info, friendly_errors(ValueError):
-        student_targets(selected, pool, 10, "soft")
+        student_targets(selected, 10, "soft")
     assert exit_info.value.exit_code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "selected.parquet: not a readable Parquet" in err[0]

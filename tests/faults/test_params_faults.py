@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from noisy_student.config import ParamsError, parse_params
-from noisy_student.data.imageset import ImageSet, save_imageset
+from noisy_student.data import ImageSet, save_imageset
 from tests.conftest import ROOT, make_project, micro_params, run
 from tests.test_data import fake_release
 
@@ -121,7 +121,7 @@ def test_teacher_stage_refuses_an_unknown_arch_before_opening_a_run(tmp_path: Pa
     data = tmp_path / "prepared"
     for name, n in (("labeled", 20), ("test", 10)):
         images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-        save_imageset(data / f"{name}.npz", ImageSet(images, np.arange(n) % 10, np.arange(n), np.array(["x"] * n)))
+        save_imageset(data / f"{name}.wds", ImageSet(images, np.arange(n) % 10, np.arange(n), np.array(["x"] * n)))
     raw = _micro()
     raw["teacher"]["model"]["arch"] = "resnet999"
     params = tmp_path / "params.yaml"

@@ -23,8 +23,9 @@ from noisy_student.config import ModelParams, OptimParams, StudentNoiseParams
 from noisy_student.data import load_imageset, save_imageset
 from noisy_student.io import atomic_path, remove_stale_temps
 from noisy_student.models import create_classifier, save_checkpoint
-from noisy_student.training import TrainData, one_hot, train_classifier
-from noisy_student.training.recipe import remove_stale_states
+from noisy_student.training.batches import TrainData, one_hot
+from noisy_student.training.locks import remove_stale_states
+from noisy_student.training.loop import train_classifier
 from tests.conftest import FASHION_MNIST, ROOT, micro_params, run, stage_env
 
 STEPS = 6  # 100 labeled images / batch 16 = 6 updates per epoch
@@ -189,7 +190,7 @@ def test_changed_training_data_is_not_resumed(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     # swap the images of two classes: every count stays the same, the data does not
-    path = work / "prepared" / "labeled.npz"
+    path = work / "prepared" / "labeled.wds"
     data = load_imageset(path)
     labels = data.labels.copy()
     labels[data.labels == 0], labels[data.labels == 1] = 1, 0

@@ -1,4 +1,4 @@
-"""The user's own images in ImageNet-style folders, decoded with PIL into uint8 arrays.
+"""The user's own images in ImageNet-style folders: listing them, and decoding them with PIL into uint8 arrays.
 
 Layout: a labeled (or test) folder holds one sub-folder per class,
 ``<dir>/<class>/<image>`` (images may sit deeper inside a class folder); the
@@ -7,21 +7,22 @@ tree of image files; its sub-folder names carry no meaning.
 
 Every image is decoded by ``data.images`` (EXIF orientation, transparency and
 16-bit handled there), converted to greyscale or RGB, its shorter side resized
-to ``size`` and centre-cropped to ``size x size``, and the result held in
-memory as uint8: ``N * size * size * channels`` bytes (300,000 RGB images
-of 32 px are 0.9 GB).
+to ``size`` and centre-cropped to ``size x size`` (:func:`decode_image`).
+:func:`decode_stream` decodes a list of files in order, in a worker pool a bounded
+number of images ahead of its consumer (:mod:`noisy_student.data.shard_folders`
+writes them into tars), so memory does not grow with the folder.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from noisy_student.data import images
 
@@ -30,8 +31,10 @@ IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
 )
 _EXT_LIST = "/".join(sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS))
-# Below this many images a worker pool costs more (process start-up) than it saves.
-_POOL_MIN_IMAGES = 256
+# images decoded per pool round; two rounds are in flight, bounding memory to 2 * CHUNK decoded images
+CHUNK = 512
+# below this many images a worker pool costs more (process start-up) than it saves
+POOL_MIN_IMAGES = 256
 
 
 class FolderDataError(ValueError):
@@ -145,8 +148,8 @@ def decode_image(path: Path, size: int, channels: int) -> np.ndarray:
         ) from None
 
 
-def _decode_star(args: tuple[Path, int, int]) -> np.ndarray:
-    return decode_image(*args)
+def _decode_job(job: tuple[Path, int, int]) -> np.ndarray:
+    return decode_image(*job)
 
 
 def decode_workers() -> int:
@@ -156,35 +159,39 @@ def decode_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def decode_images(files: Sequence[Path], size: int, channels: int, desc: str, workers: int | None = None) -> np.ndarray:
-    """Decode ``files`` into ``(N, size, size)`` or ``(N, size, size, 3)`` uint8, in file order.
+def decode_stream(
+    files: Sequence[Path],
+    size: int,
+    channels: int,
+    workers: int | None = None,
+    chunk: int = CHUNK,
+    pool_min: int = POOL_MIN_IMAGES,
+) -> Iterator[np.ndarray]:
+    """Decode ``files`` in order, as :func:`decode_image` does, one array at a time.
 
-    Large lists are decoded by a pool of worker processes (results come back in
-    order, so the output never depends on the worker count); a progress bar
-    reports the rate. The first unreadable file stops everything with its path.
+    With ``workers`` > 1 (default :func:`decode_workers`) and at least ``pool_min`` files, a process
+    pool decodes ``chunk`` files per round, one round ahead of the consumer: at most ``2 * chunk``
+    decoded images wait in memory. Results come back in file order, so the output never depends on
+    the worker count. The first unreadable file stops everything with its path (:class:`FolderDataError`).
     """
-    shape = (size, size) if channels == 1 else (size, size, 3)
-    out = np.empty((len(files), *shape), dtype=np.uint8)
-    workers = decode_workers() if workers is None else workers
     jobs = [(Path(f), size, channels) for f in files]
-    bar = tqdm(total=len(files), desc=desc, unit="img", mininterval=5.0)
-    try:
-        if workers <= 1 or len(files) < _POOL_MIN_IMAGES:
-            for i, job in enumerate(jobs):
-                out[i] = _decode_star(job)
-                bar.update()
-        else:
-            # fork: workers need only PIL + numpy, and must not re-import the stage (torch, mlflow) as spawn would
-            methods = multiprocessing.get_all_start_methods()
-            ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
-            chunk = max(1, min(256, len(jobs) // (workers * 8)))
-            with ctx.Pool(workers) as pool:  # leaving the block terminates the workers, also on an error
-                for i, img in enumerate(pool.imap(_decode_star, jobs, chunksize=chunk)):
-                    out[i] = img
-                    bar.update()
-    finally:
-        bar.close()
-    return out
+    workers = decode_workers() if workers is None else workers
+    if workers <= 1 or len(jobs) < pool_min:
+        for job in jobs:
+            yield _decode_job(job)
+        return
+    # fork: workers need only PIL + numpy and must not re-import the stage (torch), as spawn would
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
+    per_task = max(1, chunk // (workers * 4))
+    with ctx.Pool(workers) as pool:  # leaving the block (also on an error) terminates the workers
+        rounds: deque[Iterator[np.ndarray]] = deque()
+        for start in range(0, len(jobs), chunk):
+            rounds.append(pool.imap(_decode_job, jobs[start : start + chunk], chunksize=per_task))
+            if len(rounds) == 2:
+                yield from rounds.popleft()
+        while rounds:
+            yield from rounds.popleft()
 
 
 def subsample(count: int, cap: int | None, seed: int) -> np.ndarray:

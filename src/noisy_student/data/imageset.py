@@ -1,4 +1,7 @@
-"""The in-memory image set every stage exchanges: uint8 images + labels + ids."""
+"""The in-memory image set every stage exchanges (uint8 images + labels + ids), and a prepared folder's classes.
+
+On disk a split is a folder of WebDataset tars: :mod:`noisy_student.data.wds` writes and reads it.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from noisy_student.io import atomic_path, write_json
+from noisy_student.io import write_json
 from noisy_student.paths import CLASSES_FILE
 
 
@@ -40,33 +43,6 @@ class ImageSet:
     @property
     def channels(self) -> int:
         return 1 if self.images.ndim == 3 else int(self.images.shape[-1])
-
-
-def save_imageset(path: str | Path, data: ImageSet) -> None:
-    """Write an uncompressed ``.npz`` atomically (uncompressed: bytes hash stably, loads fast)."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(
-                fh,
-                images=data.images,
-                labels=data.labels.astype(np.int64),
-                ids=data.ids.astype(np.int64),
-                source=data.source.astype(str),
-            )
-
-
-def load_imageset(path: str | Path) -> ImageSet:
-    """Read an image set written by :func:`save_imageset` (or a ``.wds`` split folder, decoded into memory);
-    a missing file says which stage makes it."""
-    path = Path(path)
-    if path.suffix == ".wds":  # a WebDataset split folder (data.format: wds), decoded whole: test sets, robustness
-        from noisy_student.data.wds import read_wds_imageset  # imports this module
-
-        return read_wds_imageset(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: image set not found (run the 'prepare' stage first: dvc repro prepare)")
-    with np.load(path, allow_pickle=False) as z:
-        return ImageSet(z["images"], z["labels"], z["ids"], z["source"])
 
 
 def save_classes(folder: str | Path, names: list[str] | tuple[str, ...]) -> None:

@@ -1,29 +1,32 @@
-"""ImageNet-style image folders -> one ``.wds`` split folder, streamed (the ``noisy-student shard`` command).
+"""ImageNet-style image folders -> ``.wds`` split folders, streamed: ``prepare`` (``data.source: folders``)
+and the ``noisy-student shard`` command.
 
-The images are scanned, numbered and decoded exactly as ``prepare`` does with ``data.source:
-folders`` (:func:`noisy_student.data.prepare.prepare_folders`), so the shards hold the arrays,
-labels and ids its ``.npz`` files would:
+Each split is listed, numbered and then decoded a chunk at a time
+(:func:`~noisy_student.data.folders.decode_stream`) straight into its tars: no split is ever held
+in memory (ImageNet's 1.28M images at 224 px would be 190 GB).
 
 - ``labeled`` / ``test``: ``<src>/<class>/<image>``; file i of the sorted list gets id ``offset + i``
-  (``offset`` 0 for labeled, :data:`~noisy_student.data.prepare.TEST_ID_OFFSET` for test), its
+  (``offset`` 0 for labeled, :data:`~noisy_student.data.splits.TEST_ID_OFFSET` for test), its
   label the index of its class folder in the class list (the sorted folder names, or a given
   ``classes.json``: a test split must use the labeled split's, the model's logit order);
-- ``unlabeled``: any image tree; file j gets id ``OOD_ID_OFFSET + j``, label -1.
+- ``unlabeled``: any image tree; file j gets id ``OOD_ID_OFFSET + j``, label -1 (unknown).
 
 ``max_images`` keeps a seeded uniform subsample (the stream of ``data.max_unlabeled``), ids still
-the positions in the full sorted list. Decoding runs in a worker pool a bounded number of images
-ahead of the tar writer: memory does not grow with the folder.
+the positions in the full sorted list. Every split folder holds ``files.csv`` (id -> image file).
+:func:`prepare_folders` writes the three splits of ``data.labeled_dir`` / ``unlabeled_dir`` /
+``test_dir`` exactly as three ``noisy-student shard`` calls with the same settings would.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import multiprocessing
+import os
+import shutil
+import tempfile
 import time
-from collections import deque
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,26 +36,29 @@ from tqdm.auto import tqdm
 from noisy_student.config import Params
 from noisy_student.data.folders import (
     FolderDataError,
-    decode_image,
-    decode_workers,
+    decode_stream,
     image_files,
     scan_class_folders,
     scan_unlabeled_folder,
     subsample,
 )
 from noisy_student.data.imageset import save_classes
-from noisy_student.data.prepare import OOD_ID_OFFSET, TEST_ID_OFFSET, id_offsets
-from noisy_student.data.wds import WDS_SUFFIX, WdsInfo, WdsSample, WdsWriter, split_path
+from noisy_student.data.splits import OOD_ID_OFFSET, TEST_ID_OFFSET, id_offsets
+from noisy_student.data.wds import (
+    WDS_SUFFIX,
+    WdsDataError,
+    WdsInfo,
+    WdsSample,
+    WdsWriter,
+    check_replaceable,
+    split_path,
+)
 from noisy_student.paths import CLASSES_FILE, MANIFEST_FILE
 from noisy_student.seeds import seed_for
 
 SPLITS = ("labeled", "unlabeled", "test")
 DEFAULT_ID_OFFSETS = {"labeled": 0, "test": TEST_ID_OFFSET, "unlabeled": OOD_ID_OFFSET}
-SOURCE = "folders"  # the ImageSet ``source`` of every image, as prepare_folders writes it
-# images decoded per pool round; two rounds are in flight, bounding memory to 2 * CHUNK decoded images
-CHUNK = 512
-# below this many images a worker pool costs more (process start-up) than it saves
-POOL_MIN_IMAGES = 256
+SOURCE = "folders"  # the ImageSet ``source`` of every image of a folders split
 
 
 @dataclass(frozen=True)
@@ -95,13 +101,15 @@ def scan_split(
     id_offset: int | None = None,
     classes: Sequence[str] | None = None,
     key: str = "SRC",
+    classes_from: str = "the labeled classes",
 ) -> FolderSplit:
     """List the images of ``src`` as the split ``split``; every layout error is a :class:`FolderDataError`.
 
     ``classes_file``: a JSON list giving the label order (required for ``test`` unless ``classes``
     gives the list itself); ``exclude``: folders whose images are left out (e.g. the labeled and test
     folders, when the unlabeled tree contains them); ``id_offset``: the first id (default
-    :data:`DEFAULT_ID_OFFSETS`); ``key``: how errors name ``src`` (``data.labeled_dir`` from ``prepare``).
+    :data:`DEFAULT_ID_OFFSETS`); ``key``: how errors name ``src`` (``data.labeled_dir`` from ``prepare``);
+    ``classes_from``: how errors name where ``classes`` came from.
     """
     if split not in SPLITS:
         raise FolderDataError(f"--split: {split!r}; expected one of {', '.join(SPLITS)}")
@@ -119,7 +127,7 @@ def scan_split(
         scanned = scan_class_folders(root, key, min_classes=1 if split == "test" else 2)
         found = list(scanned.files)
         if classes is not None:
-            classes, given = tuple(classes), "the labeled classes"
+            classes, given = tuple(classes), classes_from
         elif classes_file is not None:
             classes, given = _read_class_list(classes_file), f"--classes {classes_file}"
         else:
@@ -141,7 +149,10 @@ def scan_split(
     taken = {p.resolve() for folder in exclude for p in image_files(Path(folder))}
     candidates = np.array([i for i, p in enumerate(found) if p.resolve() not in taken], dtype=np.int64)
     if len(candidates) == 0:
-        raise FolderDataError(f"{key}: every image under {root} lies in an excluded folder; expected further images")
+        raise FolderDataError(
+            f"{key}: every image under {root} also lies in {' or '.join(str(f) for f in exclude)}; "
+            "expected further images than those of the excluded folders"
+        )
     keep = candidates[subsample(len(candidates), max_images, seed_for(seed, "unlabeled_subsample"))]
     return FolderSplit(
         root,
@@ -153,44 +164,6 @@ def scan_split(
         len(found),
         len(found) - len(candidates),
     )
-
-
-def _decode_job(job: tuple[Path, int, int]) -> np.ndarray:
-    return decode_image(*job)
-
-
-def decode_stream(
-    files: Sequence[Path],
-    size: int,
-    channels: int,
-    workers: int | None = None,
-    chunk: int = CHUNK,
-    pool_min: int = POOL_MIN_IMAGES,
-) -> Iterator[np.ndarray]:
-    """Decode ``files`` in order, as :func:`~noisy_student.data.folders.decode_image` does, one array at a time.
-
-    With ``workers`` > 1 (default :func:`~noisy_student.data.folders.decode_workers`) and at least
-    ``pool_min`` files, a process pool decodes ``chunk`` files per round, one round ahead of the
-    consumer: at most ``2 * chunk`` decoded images wait in memory.
-    """
-    jobs = [(Path(f), size, channels) for f in files]
-    workers = decode_workers() if workers is None else workers
-    if workers <= 1 or len(jobs) < pool_min:
-        for job in jobs:
-            yield _decode_job(job)
-        return
-    # fork: workers need only PIL + numpy and must not re-import the stage (torch), as spawn would
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
-    per_task = max(1, chunk // (workers * 4))
-    with ctx.Pool(workers) as pool:  # leaving the block (also on an error) terminates the workers
-        rounds: deque[Iterator[np.ndarray]] = deque()
-        for start in range(0, len(jobs), chunk):
-            rounds.append(pool.imap(_decode_job, jobs[start : start + chunk], chunksize=per_task))
-            if len(rounds) == 2:
-                yield from rounds.popleft()
-        while rounds:
-            yield from rounds.popleft()
 
 
 def write_folder_split(
@@ -227,25 +200,30 @@ def write_folder_split(
     return writer.info
 
 
-def prepare_folders_wds(params: Params, out: Path) -> tuple[dict[str, Any], str]:
-    """``data.source: folders`` with ``data.format: wds``: each split streamed into ``<out>/<split>.wds``.
+def scan_folders(params: Params) -> tuple[FolderSplit, FolderSplit, FolderSplit]:
+    """The labeled, unlabeled and test splits of ``data.labeled_dir`` / ``unlabeled_dir`` / ``test_dir``.
 
-    The images, labels, ids and subsample are :func:`~noisy_student.data.prepare.prepare_folders`'s,
-    but no split is ever held in memory (ImageNet's 1.28M images at 224 px would be 190 GB):
-    each is decoded a chunk at a time straight into its tars. Ids follow
-    :func:`~noisy_student.data.prepare.id_offsets`. ``classes.json`` is written into ``out``; each
-    split folder holds its own ``files.csv``. Returns the stage's metrics and summary line.
+    Test labels follow the labeled folder's class order (the model's logit order); files of the
+    labeled or test folder that also lie under ``unlabeled_dir`` are left out of the pool, so no
+    test image is ever trained on; ``data.max_unlabeled`` subsamples the rest (seeded by ``seed``).
+    Ids follow :func:`~noisy_student.data.splits.id_offsets`. Every layout error is a
+    :class:`FolderDataError` naming the params key, the path and what was expected.
     """
     d = params.data
     assert d.labeled_dir and d.unlabeled_dir and d.test_dir  # guaranteed by DataParams' validator
-    start = time.perf_counter()
     lab_dir, test_dir = Path(d.labeled_dir), Path(d.test_dir)
-    n_lab = len(scan_class_folders(lab_dir, "data.labeled_dir").files)
-    n_test = len(scan_class_folders(test_dir, "data.test_dir", min_classes=1).files)
-    test_offset, ood_offset = id_offsets(n_lab, n_test)
     lab = scan_split(lab_dir, "labeled", id_offset=0, key="data.labeled_dir")
     assert lab.classes is not None
-    tst = scan_split(test_dir, "test", id_offset=test_offset, classes=lab.classes, key="data.test_dir")
+    tst = scan_split(
+        test_dir,
+        "test",
+        id_offset=0,
+        classes=lab.classes,
+        key="data.test_dir",
+        classes_from=f"data.labeled_dir ({lab_dir})",
+    )
+    test_offset, ood_offset = id_offsets(lab.found, tst.found)
+    tst = replace(tst, ids=tst.ids + test_offset)
     unl = scan_split(
         d.unlabeled_dir,
         "unlabeled",
@@ -255,12 +233,48 @@ def prepare_folders_wds(params: Params, out: Path) -> tuple[dict[str, Any], str]
         id_offset=ood_offset,
         key="data.unlabeled_dir",
     )
-    out.mkdir(parents=True, exist_ok=True)
-    for found in (lab, unl, tst):
-        write_folder_split(found, split_path(out, found.split, "wds"), d.wds_shard_size, d.image_size, d.channels)
-        split_path(out, found.split, "npz").unlink(missing_ok=True)  # one format in the folder
+    return lab, unl, tst
+
+
+def prepare_folders(params: Params, out: str | Path, workers: int | None = None) -> tuple[dict[str, Any], str]:
+    """``data.source: folders``: each split streamed into ``<out>/<split>.wds``; returns the metrics and summary line.
+
+    The folders are scanned first (:func:`scan_folders`), so a layout error stops everything before
+    a single image is decoded. The splits are then written into a temporary folder beside ``out`` and
+    moved into ``out`` only once all three are complete: an image that cannot be decoded leaves
+    ``out`` as it was (nothing half-written, no mix of old and new splits). Each split folder holds
+    its ``files.csv`` (id -> image file) and, labeled and test, ``classes.json``; the labeled class
+    list is also written as ``<out>/classes.json``. ``workers``: decoding processes
+    (default :func:`~noisy_student.data.folders.decode_workers`).
+    """
+    d = params.data
+    start = time.perf_counter()
+    found = scan_folders(params)
+    lab, unl, tst = found
+    assert lab.classes is not None
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise WdsDataError(f"{out}: exists and is not a folder; expected the prepared folder (or nothing there)")
+    for split in found:
+        check_replaceable(split_path(out, split.split))  # before hours of decoding, not after
+    staging = _staging_folder(out)
+    try:
+        for split in found:
+            write_folder_split(
+                split, split_path(staging, split.split), d.wds_shard_size, d.image_size, d.channels, workers
+            )
+        out.mkdir(parents=True, exist_ok=True)
+        trash = staging / ".replaced"
+        trash.mkdir()
+        for split in found:
+            folder = split_path(out, split.split)
+            if folder.exists():  # two renames: the old split leaves in one step, the new one arrives in one
+                os.replace(folder, trash / folder.name)
+            os.replace(split_path(staging, split.split), folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     save_classes(out, lab.classes)
-    (out / MANIFEST_FILE).unlink(missing_ok=True)  # each split folder has its own
+    (out / MANIFEST_FILE).unlink(missing_ok=True)  # each split folder has its own; one here is an old layout's
     per_class = np.bincount(lab.labels, minlength=len(lab.classes))
     metrics = {
         "labeled": len(lab.files),
@@ -281,3 +295,15 @@ def prepare_folders_wds(params: Params, out: Path) -> tuple[dict[str, Any], str]
         f"as WebDataset shards of {d.wds_shard_size}"
     )
     return metrics, summary
+
+
+def _staging_folder(out: Path) -> Path:
+    """A new temporary folder beside ``out`` (same file system: moving out of it is a rename).
+
+    One ``prepare`` writes a folder at a time: staging folders of ``out`` left by a killed run are removed.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{out.name}.staging."
+    for stale in out.parent.glob(f"{prefix}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(dir=out.parent, prefix=prefix))

@@ -1,4 +1,4 @@
-"""Prepared splits as WebDataset tar shards (``data.format: wds``): writing, listing and reading them back.
+"""Prepared splits as WebDataset tar shards, the one on-disk format of every split: writing, listing, reading.
 
 One split is a folder ``<split>.wds`` (e.g. ``data/prepared/labeled.wds``)::
 
@@ -8,15 +8,15 @@ One split is a folder ``<split>.wds`` (e.g. ``data/prepared/labeled.wds``)::
 Each sample of a tar holds, under the key ``f"{id:010d}"`` (the prepared image id):
 
 - ``png``: the uint8 image, lossless (PIL mode ``L`` for ``(H, W)``, ``RGB`` for ``(H, W, 3)``), so
-  decoding returns the array an ``.npz`` would hold, bit for bit;
+  decoding returns the array that was written, bit for bit;
 - ``cls``: the ASCII class index, ``-1`` when unknown;
 - ``json``: ``{"id": int, "label": int, "source": str}``.
 
 Samples keep the order they were written in (a split's order is its ImageSet's row order), and tar
 j of a split is the j-th name in ``_info.json``. timm reads the folder with
-``create_dataset("wds/<split>", root=<folder>, split="<split>")``; :func:`iter_tar` reads one tar
-in file order (for labelling: timm's reader may duplicate or skip samples when evaluating
-distributed), :func:`read_wds_imageset` a whole split into memory (test sets).
+``create_dataset("wds/<split>", root=<folder>, split="<split>")`` (streamed training); :func:`iter_tar`
+reads one tar in file order (labelling: timm's reader may duplicate or skip samples when evaluating
+distributed), :func:`load_imageset` a whole split into memory (test sets, in-memory training).
 
 Tars carry a fixed mtime and owner and PNGs are encoded by the installed PIL, so writing the same
 images twice gives the same bytes (DVC sees no change).
@@ -31,7 +31,7 @@ import shutil
 import sys
 import tarfile
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,11 +40,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from noisy_student.data.imageset import ImageSet, load_imageset
+from noisy_student.data.imageset import ImageSet
 
 INFO_FILE = "_info.json"
 WDS_SUFFIX = ".wds"
-FORMATS = ("npz", "wds")
+DEFAULT_SHARD_SIZE = 10240  # data.wds_shard_size's default
 # ids are written as 10 zero-padded digits: every key of a split has the same length and sorts as its id
 KEY_DIGITS = 10
 _PNG_MODES = {1: "L", 3: "RGB"}
@@ -114,17 +114,9 @@ def tar_name(split: str, index: int) -> str:
     return f"{split}-{index:06d}.tar"
 
 
-def split_path(prepared: str | Path, split: str, format: str) -> Path:
-    """Where ``prepare`` writes a split: ``data/prepared/labeled.npz`` (npz) or ``data/prepared/labeled.wds`` (wds)."""
-    if format not in FORMATS:
-        raise ValueError(f"data.format: {format!r}; expected one of {FORMATS}")
-    return Path(prepared) / f"{split}.{format}"
-
-
-def load_split(prepared: str | Path, split: str, format: str) -> ImageSet:
-    """A prepared split in memory, whichever ``format`` it was written in (npz file or wds folder)."""
-    path = split_path(prepared, split, format)
-    return load_imageset(path) if format == "npz" else read_wds_imageset(path)
+def split_path(prepared: str | Path, split: str) -> Path:
+    """Where ``prepare`` writes a split: ``("data/prepared", "labeled")`` -> ``data/prepared/labeled.wds``."""
+    return Path(prepared) / f"{split}{WDS_SUFFIX}"
 
 
 # --- writing ---------------------------------------------------------------------------------------
@@ -150,7 +142,7 @@ def _remove_stale_temps(folder: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def _check_replaceable(folder: Path) -> None:
+def check_replaceable(folder: Path) -> None:
     """Refuse to replace anything but an earlier split folder (a typo must not delete someone's folder)."""
     if not folder.exists():
         return
@@ -167,7 +159,7 @@ def _check_replaceable(folder: Path) -> None:
 def _atomic_folder(folder: Path) -> Iterator[Path]:
     """Yield a temporary folder beside ``folder``; on success it replaces ``folder`` (an earlier one is removed)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
-    _check_replaceable(folder)
+    check_replaceable(folder)
     _remove_stale_temps(folder)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=_temp_prefix(folder), suffix=".tmp"))
     try:
@@ -247,7 +239,7 @@ class WdsWriter:
         self._lengths[-1] += 1
 
     def _next_tar(self) -> None:
-        import webdataset  # imported here: reading npz splits never needs it
+        import webdataset  # imported here: readers of the tars never need it
 
         self._close_tar()
         path = self.tmp / tar_name(self.split, len(self._lengths))
@@ -297,9 +289,12 @@ def imageset_samples(data: ImageSet) -> Iterator[WdsSample]:
         yield WdsSample.of(image, int(label), int(image_id), str(source))
 
 
-def write_wds(folder: str | Path, split: str, data: ImageSet, shard_size: int) -> WdsInfo:
-    """Write an in-memory split as the folder ``folder`` (``<split>-NNNNNN.tar`` + ``_info.json``), atomically."""
-    return write_wds_samples(folder, split, imageset_samples(data), shard_size)
+def save_imageset(folder: str | Path, data: ImageSet, shard_size: int = DEFAULT_SHARD_SIZE) -> WdsInfo:
+    """Write an in-memory split as the folder ``folder`` (``<split>-NNNNNN.tar`` + ``_info.json``), atomically.
+
+    The split is named after the folder: ``data/prepared/labeled.wds`` holds split ``labeled``.
+    """
+    return write_wds_samples(folder, Path(folder).stem, imageset_samples(data), shard_size)
 
 
 # --- reading ---------------------------------------------------------------------------------------
@@ -318,7 +313,7 @@ def read_info(folder: str | Path, split: str | None = None) -> WdsInfo:
         what = f"{folder} does not exist" if not folder.exists() else f"{path} not found"
         raise FileNotFoundError(
             f"{what}: expected a {WDS_SUFFIX} split folder with {INFO_FILE} "
-            "(written by the 'prepare' stage with data.format: wds, or by `noisy-student shard`)"
+            "(written by the 'prepare' stage: dvc repro prepare, or by `noisy-student shard`)"
         )
     try:
         raw = json.loads(path.read_text())
@@ -386,12 +381,13 @@ def _sample(path: Path, key: str, fields: dict[str, bytes]) -> WdsSample:
     return WdsSample(key, decode_png(fields["png"], where), label, image_id, source)
 
 
-def iter_tar(path: str | Path) -> Iterator[WdsSample]:
+def iter_tar(path: str | Path, select: Callable[[str], bool] | None = None) -> Iterator[WdsSample]:
     """The samples of one tar in file order, decoded (``image`` uint8 ``(H, W)`` or ``(H, W, 3)``).
 
     Reads the tar sequentially (tarfile stream mode), one sample in memory at a time. A member
     name is ``<key>.<field>``; a sample's members are consecutive, as :class:`WdsWriter` writes
-    them. Raises :class:`WdsDataError` naming the tar and key for anything else.
+    them. ``select``: called once per key, in file order; samples it refuses are skipped without
+    being decoded or checked. Raises :class:`WdsDataError` naming the tar and key for anything else.
     """
     path = Path(path)
     if not path.is_file():
@@ -399,6 +395,7 @@ def iter_tar(path: str | Path) -> Iterator[WdsSample]:
     key: str | None = None
     fields: dict[str, bytes] = {}
     seen: set[str] = set()
+    wanted = False
     try:
         with tarfile.open(path, mode="r|") as tar:
             for member in tar:
@@ -409,26 +406,27 @@ def iter_tar(path: str | Path) -> Iterator[WdsSample]:
                 if not dot:
                     raise WdsDataError(f"{path}: member {member.name} has no extension; expected <key>.<field>")
                 if base != key:
-                    if key is not None:
+                    if key is not None and wanted:
                         yield _sample(path, key, fields)
                     if base in seen:
                         raise WdsDataError(f"{path}: sample {base} appears twice; expected each key once")
                     seen.add(base)
-                    key, fields = base, {}
-                handle = tar.extractfile(member)
-                assert handle is not None  # a regular file
-                fields[field] = handle.read()
+                    key, fields, wanted = base, {}, select is None or select(base)
+                if wanted:
+                    handle = tar.extractfile(member)
+                    assert handle is not None  # a regular file
+                    fields[field] = handle.read()
     except tarfile.TarError as exc:
         raise WdsDataError(f"{path}: not a readable tar file ({exc})") from None
-    if key is not None:
+    if key is not None and wanted:
         yield _sample(path, key, fields)
 
 
-def read_wds_imageset(folder: str | Path) -> ImageSet:
+def load_imageset(folder: str | Path) -> ImageSet:
     """Decode a whole split folder into memory, in sample order: the ImageSet that was written, array for array.
 
     Checks each tar's sample count against ``_info.json`` (a :class:`WdsDataError` names the tar).
-    Memory: ``num_samples * H * W * C`` bytes, as the npz would take.
+    Memory: ``num_samples * H * W * C`` bytes.
     """
     folder = Path(folder)
     info = read_info(folder)

@@ -6,10 +6,9 @@ The paper's teacher is not noised when it labels (eval mode, clean images).
 the teacher was trained with, read from its checkpoint: RandAugment + crop +
 flip on the images, dropout and stochastic depth in the model.
 
-The paper labels its 130M-image pool in independent shard jobs; so does this. Input shard ``j``
-(:class:`~noisy_student.pseudo_labels.shards.PoolShard`: rows ``[j * shard_size, (j + 1) * shard_size)`` of
-``unlabeled.npz``, or the j-th tar of ``unlabeled.wds``) becomes output file ``part-<j:05d>.parquet``
-(for tars with the sample ``key`` and the tar's name, ``shard``, in every row). A :class:`ShardJob` says
+The paper labels its 130M-image pool in independent shard jobs; so does this. Input shard ``j`` (the
+j-th tar of ``unlabeled.wds``, :class:`~noisy_student.pseudo_labels.shards.TarShard`) becomes output file
+``part-<j:05d>.parquet`` (with the tar's name, ``shard``, in every row). A :class:`ShardJob` says
 which shards one process labels: ``--shard i/N`` those with ``j % N == i``; under ``torchrun``
 (``noisy_student.distributed``) rank ``r`` of ``W`` takes every ``W``-th of them from the ``r``-th. A
 shard whose file already holds what this run would write
@@ -36,17 +35,15 @@ from pydantic import ValidationError
 from tqdm.auto import tqdm
 
 from noisy_student.config import NoiseParams, PseudoLabelParams
-from noisy_student.data.imageset import ImageSet
 from noisy_student.evaluation import images_tensor, predict_logits
 from noisy_student.models import ImageClassifier, load_classifier
 from noisy_student.noise import BatchAugment
 from noisy_student.pseudo_labels.shards import (
     KEY_FORMAT,
-    PoolShard,
     TarPool,
+    TarShard,
     file_md5,
     load_pool,
-    pool_shards,
     prediction_table,
     remove_other_files,
     shard_is_current,
@@ -61,8 +58,8 @@ from noisy_student.pseudo_labels.targets import softmax
 class PredictInputs:
     """Everything ``predict`` reads, loaded and checked before any work (or MLflow run) starts.
 
-    ``pool``: the unlabeled images, in memory (``unlabeled.npz``) or as a folder of tars
-    (``unlabeled.wds``: its ``_info.json`` read, the tars read shard by shard while labelling).
+    ``pool``: the unlabeled images as a folder of tars (``unlabeled.wds``: its ``_info.json`` read, the
+    tars read one at a time while labelling).
     ``noise`` is the teacher's training noise when it labels noised
     (``pseudo_labels.noised_teacher``), else None; ``teacher_md5`` the checkpoint file's md5
     (part of every shard's content key).
@@ -70,7 +67,7 @@ class PredictInputs:
 
     teacher: ImageClassifier
     noise: NoiseParams | None
-    pool: ImageSet | TarPool
+    pool: TarPool
     teacher_md5: str
 
 
@@ -148,9 +145,9 @@ def teacher_noise(checkpoint: Path, meta: dict[str, Any]) -> NoiseParams:
 def load_predict_inputs(checkpoint: Path, unlabeled: Path, params: PseudoLabelParams) -> PredictInputs:
     """Load the teacher and the unlabeled pool, and check ``params.top_k`` against the teacher's classes.
 
-    ``unlabeled``: an ``.npz`` image set, or a folder whose name ends in ``.wds`` (WebDataset tars
-    + ``_info.json``; only the listing is read here). Raises ``FileNotFoundError`` for a missing
-    file, folder or listed tar and ``ValueError`` for a checkpoint without its training noise
+    ``unlabeled``: a split folder (WebDataset tars + ``_info.json``; only the listing is read here).
+    Raises ``FileNotFoundError`` for a missing file, folder or listed tar and ``ValueError`` for a
+    checkpoint without its training noise
     (noised teacher only), a ``top_k`` above the number of classes or an unreadable ``_info.json``.
     """
     teacher, spec, meta = load_classifier(checkpoint)
@@ -183,15 +180,15 @@ def predict_pseudo_labels(
     ``torchrun`` every rank then waits for the others (an all-reduce of the counts). The run that
     merges (``job.merges``) checks every shard, removes everything else from ``out`` and returns the
     metrics of :func:`~noisy_student.pseudo_labels.shards.shard_metrics` with ``shards``,
-    ``shards_written`` and ``shards_skipped``. Without ``--shard`` or ``torchrun`` the files are the
-    same, byte for byte, as one pass over the pool writes (:func:`label_shard`).
+    ``shards_written`` and ``shards_skipped``. Whichever jobs or ranks label them, the files are the
+    same, byte for byte (each tar is labelled on its own: :func:`label_shard`).
 
     ``seed`` seeds the noised teacher's augmentation and dropout, per shard (:func:`shard_seed`);
     the un-noised teacher draws nothing.
     """
     start = time.perf_counter()
     model = inputs.teacher.to(device)
-    shards = pool_shards(inputs.pool, params.shard_size)
+    shards = inputs.pool.shards
     mine = job.shards(len(shards))
     out.mkdir(parents=True, exist_ok=True)
     counts = [0, 0, 0]  # written, skipped, images labelled
@@ -227,12 +224,12 @@ def predict_pseudo_labels(
 
 
 def shard_key(
-    inputs: PredictInputs, shard: PoolShard, params: PseudoLabelParams, seed: int, amp_dtype: torch.dtype | None
+    inputs: PredictInputs, shard: TarShard, params: PseudoLabelParams, seed: int, amp_dtype: torch.dtype | None
 ) -> dict[str, Any]:
     """The content key of ``shard``'s output file: everything its bytes depend on.
 
-    The input (:meth:`~noisy_student.pseudo_labels.shards.PoolShard.content`: the row range and the
-    rows' md5, or the tar's name, sample count and file md5), the teacher checkpoint's md5, the
+    The input (:meth:`~noisy_student.pseudo_labels.shards.TarShard.content`: the tar's name, sample count
+    and file md5), the teacher checkpoint's md5, the
     pseudo-label params that change the numbers (temperature, top_k, noised_teacher, batch_size: the
     batches), the autocast dtype and, for the noised teacher only, the seed. A file whose stored key
     differs is rewritten.
@@ -264,7 +261,7 @@ def shard_seed(seed: int, index: int) -> int:
 def label_shard(
     model: ImageClassifier,
     noise: NoiseParams | None,
-    shard: PoolShard,
+    shard: TarShard,
     params: PseudoLabelParams,
     device: torch.device,
     seed: int,
@@ -272,11 +269,10 @@ def label_shard(
 ) -> pa.Table:
     """The output table of one input shard: its rows and the teacher's softmax at ``params.temperature``.
 
-    Batches are the shard's own (:meth:`~noisy_student.pseudo_labels.shards.PoolShard.batches`): an
-    in-memory pool's sit at multiples of ``batch_size`` from the pool's start, so the un-noised output
-    equals one pass's over the whole pool bit for bit; a tar's start at the tar's first sample (the
-    same batches when ``shard_size`` is a multiple of ``batch_size``). ``noise`` labels with the
-    teacher's training noise, drawn from :func:`shard_seed` in batch order.
+    Batches are the tar's own (:meth:`~noisy_student.pseudo_labels.shards.TarShard.batches`), from its
+    first sample: the batches of one pass over the whole pool when ``data.wds_shard_size`` is a
+    multiple of ``batch_size``. ``noise`` labels with the teacher's training noise, drawn from
+    :func:`shard_seed` in batch order.
     """
     torch.manual_seed(shard_seed(seed, shard.index))
     augment = BatchAugment(noise) if noise is not None else None
@@ -293,13 +289,12 @@ def label_shard(
             model_noise=noise is not None,
             amp_dtype=amp_dtype,
         )
-        logits.append(out[batch.keep])
+        logits.append(out)
         batches.append(batch)
     probs = softmax(np.concatenate(logits), params.temperature)
 
     def column(name: str) -> np.ndarray:
         return np.concatenate([getattr(b, name) for b in batches])
 
-    keys = column("keys") if shard.file is not None else None
     # label: ground truth for reporting only; top_k=None keeps the full distribution
-    return prediction_table(column("ids"), column("source"), column("labels"), probs, params.top_k, keys, shard.file)
+    return prediction_table(column("ids"), column("source"), column("labels"), probs, shard.file, params.top_k)

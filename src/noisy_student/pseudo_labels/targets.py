@@ -1,21 +1,21 @@
 """Pseudo labels as training targets: softmax, top-k storage, and the selected table -> the student's targets.
 
 Pure functions of arrays (and one Parquet read in :func:`student_targets`), so
-they are tested without a model.
+they are tested without a model. The student joins its targets to the pool by image id, whether it
+holds the pool in memory (:meth:`SelectedImages.rows`) or streams the tars.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from noisy_student.data.imageset import ImageSet
 
 
 class ParquetReadError(ValueError):
@@ -182,35 +182,74 @@ def selection_stats(copies: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class SelectedImages:
+    """The selected pseudo-labeled images of one student, one row per unique image, joined to the pool by id.
+
+    ``ids`` ``(M,)`` int64: the prepared image ids; ``shards`` ``(M,)`` str: the tar of ``unlabeled.wds``
+    holding each (a streaming student reads only those); ``targets`` ``(M, K)`` float32 rows summing to 1
+    (soft, or one-hot in hard mode); ``copies`` ``(M,)`` int64 >= 1: how often the student sees the image
+    per pass (filter-balance's duplicates).
+    """
+
+    ids: np.ndarray
+    shards: np.ndarray
+    targets: np.ndarray
+    copies: np.ndarray
+
+    def __post_init__(self) -> None:
+        m = len(self.ids)
+        for name in ("shards", "targets", "copies"):
+            if len(getattr(self, name)) != m:
+                raise ValueError(f"SelectedImages.{name} has {len(getattr(self, name))} rows, ids have {m}")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def rows(self, pool_ids: np.ndarray, where: str | Path) -> tuple[np.ndarray, np.ndarray]:
+        """The student's rows of a pool held in memory: ``(positions (R,), targets (R, K))``, ``R`` the sum of
+        copies, each image repeated ``copies`` times in place. ``ValueError`` naming ``where`` (the selected
+        file) when an id is not in ``pool_ids`` ``(P,)``."""
+        positions = pool_positions(pool_ids, self.ids)
+        if (positions < 0).any():
+            missing = self.ids[positions < 0].tolist()
+            raise ValueError(
+                f"{where}: {len(missing)} ids not in the unlabeled pool (e.g. {missing[:3]}); rerun `dvc repro`"
+            )
+        return np.repeat(positions, self.copies), np.repeat(self.targets, self.copies, axis=0)
+
+
 def student_targets(
     selected_path: str | Path,
-    pool: ImageSet,
     num_classes: int,
     mode: Literal["soft", "hard"],
     *,
     threshold: float | None = None,
-) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """The student's pseudo-labeled training rows from ``filter-balance``'s ``selected.parquet``.
+) -> tuple[SelectedImages, dict[str, Any]]:
+    """The student's pseudo-labeled images from ``filter-balance``'s ``selected.parquet``, and their stats.
 
-    Every selected image appears ``copies`` times (the balancing duplicates).
-    Returns ``(rows, targets, stats)``: ``rows`` ``(M,)`` int64 positions into
-    ``pool`` (``M`` = the sum of copies), ``targets`` ``(M, num_classes)``
-    float32 (:func:`targets_from_probs` in ``mode``), and ``stats``
-    (:func:`selection_stats`).
-
-    Raises the errors of :func:`read_selected`, and ``ValueError`` naming the file when an id is
-    not in ``pool``.
+    One row per selected image, in the file's order, with its ``copies`` (not repeated); targets are
+    :func:`targets_from_probs` in ``mode`` of the stored distribution (top-k rows renormalised).
+    ``stats``: :func:`selection_stats`. Raises the errors of :func:`read_selected`, and ``ValueError``
+    naming the file when it has no ``shard`` column (predicted before every pool was a tar folder) or
+    holds an id twice.
     """
-    _, ids, copies, probs = read_selected(selected_path, num_classes, threshold=threshold)
-    positions = pool_positions(pool.ids, ids)
-    if (positions < 0).any():
-        missing = ids[positions < 0].tolist()
+    table, ids, copies, probs = read_selected(selected_path, num_classes, threshold=threshold)
+    if "shard" not in table.column_names:
         raise ValueError(
-            f"{selected_path}: {len(missing)} ids not in the unlabeled pool (e.g. {missing[:3]}); rerun `dvc repro`"
+            f"{selected_path}: no 'shard' column; these pseudo labels were predicted from an older, in-memory "
+            "pool (unlabeled.npz): rerun `predict` and `filter-balance` (dvc repro)"
         )
-    rows = np.repeat(positions, copies)
-    targets = targets_from_probs(np.repeat(probs, copies, axis=0), mode)
-    return rows, targets, selection_stats(copies, probs)
+    unique, counts = np.unique(ids, return_counts=True)
+    if len(unique) < len(ids):
+        twice = unique[counts > 1].tolist()
+        raise ValueError(
+            f"{selected_path}: {len(twice)} ids selected more than once (e.g. {twice[:3]}); expected one row per "
+            "image (copies counts its repeats): rerun `filter-balance`, and check the pool's ids are unique"
+        )
+    shards = np.asarray(table["shard"].to_numpy(zero_copy_only=False), dtype=str)
+    selected = SelectedImages(ids.astype(np.int64), shards, targets_from_probs(probs, mode), copies.astype(np.int64))
+    return selected, selection_stats(copies, probs)
 
 
 def pool_positions(pool_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ T5D ratios are percentages (x100), see ``metrics``.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -27,6 +28,7 @@ from tqdm.auto import tqdm
 
 from noisy_student.config import Params, ParamsError, RobustnessParams
 from noisy_student.data import ImageSet, load_imageset
+from noisy_student.data.images import ImageTooSmallError
 from noisy_student.devices import inference_dtype, resolve_device
 from noisy_student.evaluation import images_tensor, predict_logits, topk_accuracy
 from noisy_student.io import atomic_path
@@ -34,6 +36,7 @@ from noisy_student.models import ImageClassifier, ModelSpec, load_classifier
 from noisy_student.paths import robustness_baseline_file, robustness_set_file
 from noisy_student.robustness.attacks import accuracy_under_attack
 from noisy_student.robustness.loaders import (
+    VideoDecodingError,
     iter_imagenet_c,
     iter_imagenet_p,
     load_image_folder,
@@ -457,3 +460,54 @@ def save_attack_curve(result: AttackResult, path: Path, pgd_path: Path | None = 
     if pgd_path is not None:
         with atomic_path(pgd_path) as tmp:
             result.pgd_curve().to_csv(tmp, index=False)
+
+
+# what reading a released benchmark's files can meet that the user fixes (each message names the file)
+READ_ERRORS = (ImageTooSmallError, VideoDecodingError)
+
+
+@dataclass
+class RobustnessEval:
+    """One -A / -C / -P benchmark of one model, its inputs read: the embedded set or the released one.
+
+    ``datasets``: what the stage logs as its evaluation inputs; ``run(desc)`` computes the metrics
+    dict (``desc`` labels the progress bar).
+    """
+
+    datasets: tuple[Path, ...]
+    run: Callable[[str], dict[str, Any]]
+
+
+def load_robustness_eval(
+    benchmark: Benchmark, model: Path, params: Params, data: Path, test: Path | None = None
+) -> RobustnessEval:
+    """Read the inputs of ``benchmark`` for the checkpoint ``model``: the released benchmark when its
+    ``robustness.imagenet_{a,c,p}_dir`` is set, else ``robustness-data``'s embedded set in ``data``
+    (``test``: the clean test set, which embedded -C needs for its relative mCE).
+
+    Raises ``FileNotFoundError`` / ``ParamsError`` for missing or wrong inputs, before any evaluation.
+    """
+    r = params.robustness
+    release_dir = {"A": r.imagenet_a_dir, "C": r.imagenet_c_dir, "P": r.imagenet_p_dir}[benchmark]
+    if release_dir:
+        release = load_release(model, params, benchmark)
+        released: dict[str, Callable[[str], dict[str, Any]]] = {
+            "A": lambda desc: evaluate_imagenet_a(release),
+            "C": lambda desc: evaluate_imagenet_c(release, r, desc),
+            "P": lambda desc: evaluate_imagenet_p(release, r, desc),
+        }
+        return RobustnessEval((Path(release_dir),), released[benchmark])
+    kind: Literal["a", "c", "p"] = benchmark.lower()  # type: ignore[assignment]
+    embedded = load_embedded_set(data, kind, model, params)
+    if benchmark == "C":
+        if test is None:
+            raise ValueError("the embedded -C set needs the clean test set (test) for its relative mCE")
+        clean = test
+        return RobustnessEval(
+            (robustness_set_file(kind, data), clean), lambda desc: evaluate_embedded_c(embedded, clean, desc)
+        )
+    runs: dict[str, Callable[[str], dict[str, Any]]] = {
+        "A": lambda desc: evaluate_embedded_a(embedded),
+        "P": lambda desc: evaluate_embedded_p(embedded, desc),
+    }
+    return RobustnessEval((robustness_set_file(kind, data),), runs[benchmark])

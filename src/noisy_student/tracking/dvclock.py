@@ -7,6 +7,7 @@ DVC runs every stage from the workspace root (a temporary copy for queued experi
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,19 +60,30 @@ def file_md5(path: Path) -> str:
     return _MD5_CACHE[key]
 
 
+def path_md5(path: Path) -> str | None:
+    """DVC 3's hash of a file, or of a folder (``<md5>.dir``: the md5 of the JSON list of its files' md5 and
+    relative paths, sorted by path, as dvc-data computes it); None when ``path`` is neither."""
+    if path.is_file():
+        return file_md5(path)
+    if not path.is_dir():
+        return None
+    files = sorted((p.relative_to(path).as_posix(), p) for p in path.rglob("*") if p.is_file())
+    entries = [{"md5": file_md5(p), "relpath": rel} for rel, p in files]
+    return hashlib.md5(json.dumps(entries, sort_keys=True).encode("utf-8")).hexdigest() + ".dir"
+
+
 def digest(lock: dict[str, LockedStage], path: str) -> str | None:
     """The content hash of a pipeline file or folder as DVC records it, None for a folder DVC does not track.
 
     The producing stage's output entry is current (DVC writes it before running any consumer); the
-    consumer's own dependency entry is not (it is the previous run's). A file without an entry (a file
-    inside an output folder, or any file before the first ``dvc.lock``) is hashed here the way DVC
-    hashes files, so both routes give the same digest.
+    consumer's own dependency entry is not (it is the previous run's). A path without an entry (a file or
+    split folder inside an output folder, or anything before the first ``dvc.lock``) is hashed here the way
+    DVC hashes it (:func:`path_md5`), so both routes give the same digest.
     """
     for entry in lock.values():
         if path in entry.outs:
             return entry.outs[path]
-    file = Path(path)
-    return file_md5(file) if file.is_file() else None
+    return path_md5(Path(path))
 
 
 def lookup(data: dict[str, Any], dotted: str) -> Any:
@@ -118,12 +130,11 @@ class Currency:
 
     def _dep_current(self, path: str, md5: str) -> bool:
         producer = self.producers.get(path)
-        if producer is None:  # a file inside an output folder (data/prepared/test.npz), or a source file
+        if producer is None:  # a path inside an output folder (data/prepared/test.wds), or a source file
             folder = next((out for out in self.producers if path.startswith(out.rstrip("/") + "/")), None)
             if folder is None:
                 return True
-            file = Path(path)
-            return self.is_current(self.producers[folder]) and file.is_file() and file_md5(file) == md5
+            return self.is_current(self.producers[folder]) and path_md5(Path(path)) == md5
         if producer == self.running:
             # the running stage has just rewritten this output and its lock entry is still the old one:
             # compare with the file itself (a folder's DVC hash is not recomputed here: not current)

@@ -18,7 +18,8 @@ from timm.utils import freeze, unfreeze
 
 from noisy_student.config import FixResParams, NoiseParams, OptimParams
 from noisy_student.models import ImageClassifier, model_noise_off, shallow_modules
-from noisy_student.training.loop import EvalFn, TrainData, train_classifier
+from noisy_student.training.batches import TrainSource
+from noisy_student.training.loop import EvalFn, train_classifier
 
 # no crop, flip or RandAugment: the paper finetunes on unaugmented images
 NO_AUGMENT = NoiseParams(randaugment_num_ops=0, crop_padding=0, hflip=False, dropout=0.0, stochastic_depth=0.0)
@@ -33,8 +34,7 @@ def fixres_optim(optim: OptimParams, fixres: FixResParams) -> OptimParams:
 
 def fixres_finetune(
     model: ImageClassifier,
-    images: torch.Tensor,
-    targets: torch.Tensor,
+    labeled: TrainSource,
     optim: OptimParams,
     fixres: FixResParams,
     *,
@@ -48,8 +48,8 @@ def fixres_finetune(
 ) -> tuple[ImageClassifier, list[dict[str, float]]]:
     """Finetune ``model`` in place at ``fixres.image_size``; return it with its per-epoch history.
 
-    ``images`` are the labeled uint8 images ``(N, C, H, W)`` at the data's
-    resolution, ``targets`` their ``(N, K)`` one-hot (or smoothed) targets.
+    ``labeled``: the labeled images at the data's resolution with their one-hot (or smoothed)
+    targets, held in memory or streamed (any training source without pseudo labels).
     The stem and the first ``fixres.freeze_stages`` feature stages are frozen
     with :func:`timm.utils.freeze` (weights, and batch norm as frozen batch
     norm) and unfrozen again afterwards, so the returned module has its
@@ -63,7 +63,7 @@ def fixres_finetune(
         with model_noise_off(model):
             final, history = train_classifier(
                 model,
-                TrainData(images, targets),
+                labeled,
                 fixres_optim(optim, fixres),
                 NO_AUGMENT,
                 device=device,

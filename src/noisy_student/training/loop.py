@@ -18,9 +18,11 @@ ranks, so ``batch_size`` stays the global batch. Augmentation and dropout draw f
 generator (``seed + rank``). Rank 0 evaluates, reports epochs and writes the resume state, which
 holds every rank's random generators.
 
-Data too large for host memory is streamed from WebDataset shards instead (``StreamedTrainData``,
-:mod:`noisy_student.training.streams`): the same loop, steps and loss, with each rank reading its own
-shards.
+The loop does not care where the images live: a training source (in memory,
+:class:`~noisy_student.training.batches.TrainData`, or streamed from the tars,
+:class:`~noisy_student.training.streams.StreamedTrainData`) hands out uint8 batches
+(:mod:`noisy_student.training.batches`); the loop moves them to the device, augments and normalises
+them there, the same way for both.
 """
 
 from __future__ import annotations
@@ -31,9 +33,8 @@ from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
 import torch
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
@@ -48,67 +49,11 @@ from noisy_student.io import save_torch
 from noisy_student.models import ImageClassifier
 from noisy_student.noise import BatchAugment
 from noisy_student.seeds import seed_everything
+from noisy_student.training.batches import Batches, BatchPlan, HostBatch, TrainSource, batches_per_epoch
 from noisy_student.training.task import Batch, NoisyStudentTask
-
-if TYPE_CHECKING:  # streams imports this module: the loop imports it when it trains streamed data
-    from noisy_student.training.streams import StreamedTrainData
-
-
-@dataclass
-class TrainData:
-    """Tensors on the host: uint8 images ``(N, C, H, W)``, float targets ``(N, K)`` summing to 1."""
-
-    labeled_images: torch.Tensor
-    labeled_targets: torch.Tensor
-    unlabeled_images: torch.Tensor | None = None
-    unlabeled_targets: torch.Tensor | None = None
-
-    @property
-    def has_unlabeled(self) -> bool:
-        return self.unlabeled_images is not None and len(self.unlabeled_images) > 0
-
 
 EpochCallback = Callable[[dict[str, float]], None]
 EvalFn = Callable[[ImageClassifier], dict[str, float]]
-
-
-def one_hot(labels: np.ndarray, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
-    """``(N,)`` class indices -> ``(N, K)`` float targets with optional label smoothing."""
-    off = smoothing / num_classes
-    t = torch.full((len(labels), num_classes), off, dtype=torch.float32)
-    t[torch.arange(len(labels)), torch.as_tensor(labels, dtype=torch.long)] = 1.0 - smoothing + off
-    return t
-
-
-def batches_per_epoch(n_labeled: int, batch_size: int) -> int:
-    return max(1, n_labeled // batch_size)
-
-
-class _Stream:
-    """Endless shuffled index stream over ``n`` rows (reshuffled each pass)."""
-
-    def __init__(self, n: int, gen: torch.Generator) -> None:
-        self.n, self.gen = n, gen
-        self.perm = torch.randperm(n, generator=gen)
-        self.pos = 0
-
-    def take(self, k: int) -> torch.Tensor:
-        out = []
-        while k > 0:
-            if self.pos >= self.n:
-                self.perm = torch.randperm(self.n, generator=self.gen)
-                self.pos = 0
-            chunk = self.perm[self.pos : self.pos + k]
-            self.pos += len(chunk)
-            k -= len(chunk)
-            out.append(chunk)
-        return torch.cat(out)
-
-    def state(self) -> dict[str, Any]:
-        return {"perm": self.perm, "pos": self.pos}
-
-    def load(self, state: dict[str, Any]) -> None:
-        self.perm, self.pos = state["perm"], int(state["pos"])
 
 
 @dataclass
@@ -120,20 +65,6 @@ class _Progress:
     step: int = 0  # next step within that epoch
     loss_sum: float = 0.0  # image-weighted loss of the epoch so far
     seen: int = 0  # images of the epoch so far
-
-
-def _resident(data: TrainData, device: torch.device) -> TrainData:
-    """Move the image/target tensors to the accelerator when they use under a quarter of its free memory.
-
-    Then batches are gathered and augmented on the device (no per-step host
-    copy); otherwise they stay on the host and each batch is copied over.
-    """
-    tensors = [data.labeled_images, data.labeled_targets, data.unlabeled_images, data.unlabeled_targets]
-    size = sum(t.numel() * t.element_size() for t in tensors if t is not None)
-    free, _ = torch.cuda.mem_get_info(device)
-    if size > free / 4:
-        return data
-    return TrainData(*(t.to(device) if t is not None else None for t in tensors))
 
 
 def _optimization(
@@ -177,23 +108,20 @@ def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None
 class _Resume:
     """The resumable training state of one run, in the file ``path``, valid only for ``key``.
 
-    One file for all ranks: rank 0 writes it (model, optimizer, streams: the same on every rank) with
-    every rank's generators gathered into it; every rank reads it back and takes its own. ``rank_streams``
-    (streamed data) differ by rank: their states are gathered the same way.
+    One file for all ranks: rank 0 writes it (model and optimizer: the same on every rank) with every
+    rank's batch-source state and generators gathered into it; every rank reads it back and takes its own.
     """
 
     path: Path | None
     key: str
     task: NoisyStudentTask
     optimizer: torch.optim.Optimizer
-    streams: dict[str, _Stream]
-    gen: torch.Generator
+    batches: Batches
     device: torch.device
     world: World
-    rank_streams: dict[str, Any] = field(default_factory=dict)  # objects with state() / load(state)
 
     def load(self) -> _Progress | None:
-        """The saved progress (model, optimizer, streams and RNGs restored in place), or None."""
+        """The saved progress (model, optimizer, batches and RNGs restored in place), or None."""
         if self.path is None or not self.path.is_file():
             return None
         try:
@@ -204,40 +132,31 @@ class _Resume:
             return None
         if not isinstance(state, dict) or state.get("key") != self.key:
             return None
-        if int(state.get("world_size", 1)) != self.world.size:
+        saved = state.get("ranks")
+        if not isinstance(saved, list) or len(saved) != self.world.size:
+            size = len(saved) if isinstance(saved, list) else "an unknown number of"
             tqdm.write(
-                f"ignoring training state {self.path}: saved by {state.get('world_size', 1)} processes, "
+                f"ignoring training state {self.path}: saved by {size} processes, "
                 f"this run has {self.world.size}; starting over"
             )
-            return None
-        rank_streams = state.get("rank_streams")
-        if self.rank_streams and (not isinstance(rank_streams, list) or len(rank_streams) != self.world.size):
-            tqdm.write(f"ignoring training state {self.path}: it has no streamed-data positions; starting over")
             return None
         self.task.load_checkpoint_state(state["state_dict"])
         if self.task.has_ema() and "state_dict_ema" in state:
             self.task.load_checkpoint_state(state["state_dict_ema"], ema=True)
         self.optimizer.load_state_dict(state["optimizer"])
-        for name, stream in self.streams.items():
-            stream.load(state[f"{name}_stream"])
-        for name, stream in self.rank_streams.items():
-            stream.load(rank_streams[self.world.rank][name])
-        self.gen.set_state(state["gen"])
-        if self.world.size > 1:
-            _set_rng_state(state["rank_rng"][self.world.rank], self.device)
-        else:
-            _set_rng_state({"cpu": state["torch_rng"], "cuda": state.get("cuda_rng")}, self.device)
+        mine = saved[self.world.rank]
+        self.batches.load_state_dict(mine["batches"])
+        _set_rng_state(mine["rng"], self.device)
         return _Progress(
             state["history"], int(state["epoch"]), int(state["step"]), float(state["loss_sum"]), int(state["seen"])
         )
 
     def save(self, progress: _Progress) -> None:
-        """Write the state (atomically); with several ranks every rank must call it (their generators are gathered)."""
+        """Write the state (atomically); with several ranks every rank must call it (their states are gathered)."""
         if self.path is None:
             return
-        rank_rng = distributed.gather(_rng_state(self.device)) if self.world.size > 1 else None
-        mine = {name: stream.state() for name, stream in self.rank_streams.items()}
-        rank_streams = distributed.gather(mine) if self.rank_streams else None
+        mine = {"batches": self.batches.state_dict(), "rng": _rng_state(self.device)}
+        ranks = distributed.gather(mine) if self.world.size > 1 else [mine]
         if not self.world.main:
             return
         state: dict[str, Any] = {
@@ -247,20 +166,12 @@ class _Resume:
             "loss_sum": progress.loss_sum,
             "seen": progress.seen,
             "optimizer": self.optimizer.state_dict(),
-            **{f"{name}_stream": stream.state() for name, stream in self.streams.items()},
-            "gen": self.gen.get_state(),
-            "torch_rng": torch.get_rng_state(),
             "history": progress.history,
+            "ranks": ranks,
             **self.task.get_checkpoint_state(),
         }
         if self.task.has_ema():
             state.update(self.task.get_checkpoint_state(ema=True))
-        if self.device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
-        if rank_rng is not None:
-            state.update(world_size=self.world.size, rank_rng=rank_rng)
-        if rank_streams is not None:
-            state["rank_streams"] = rank_streams
         save_torch(state, self.path)
 
     def finish(self) -> None:
@@ -268,77 +179,41 @@ class _Resume:
             self.path.unlink()
 
 
-class _Batches:
-    """Draws each step's labeled and pseudo-labeled batches: indices from the streams, input noise, to the device.
-
-    The labeled stream is drawn even when unused (Table 13's pretraining), so epochs and RNG draws stay
-    aligned across schedules. ``batch_size`` / ``unlabeled_batch`` are global: with several ranks each
-    draws the same indices and keeps its own contiguous slice (``1 / world.size`` of them).
-    """
+class _DeviceBatches:
+    """This rank's steps on the device: the source's uint8 batches moved there, augmented with the input
+    noise (the rank's own generator), then float 0..1 in the model's memory format; one place for every
+    source. ``augment_unlabeled``: the pseudo-labeled images' noise (off in Table 6's ablation)."""
 
     def __init__(
-        self,
-        data: TrainData,
-        streams: dict[str, _Stream],
-        noise: StudentNoiseParams,
-        batch_size: int,
-        unlabeled_batch: int,
-        labeled_in_batch: bool,
-        device: torch.device,
-        channels_last: bool,
-        world: World,
+        self, batches: Batches, noise: StudentNoiseParams, device: torch.device, channels_last: bool, world: World
     ) -> None:
-        self.data, self.streams, self.device, self.channels_last = data, streams, device, channels_last
-        self.world = world
-        self.batch_size, self.unlabeled_batch, self.labeled_in_batch = batch_size, unlabeled_batch, labeled_in_batch
+        self.batches, self.device, self.channels_last, self.world = batches, device, channels_last, world
         self.augment = BatchAugment(noise)
         self.augment_unlabeled = self.augment if noise.unlabeled_augment else BatchAugment(noise, augment=False)
 
-    def _to_device(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 ``(B, C, H, W)`` -> float 0..1 on the device, in the model's memory format."""
-        x = images.to(self.device, non_blocking=True).float().div_(255)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
-    def _mine(self, indices: torch.Tensor) -> torch.Tensor:
-        """This rank's contiguous slice of the global batch's indices (all of them for one process)."""
-        if self.world.size == 1:
-            return indices
-        k = len(indices) // self.world.size
-        return indices[self.world.rank * k : (self.world.rank + 1) * k]
+    def _prepared(self, batch: HostBatch | None, augment: BatchAugment) -> Batch | None:
+        if batch is None:
+            return None
+        images = augment(batch[0].to(self.device, non_blocking=True))
+        x = images.float().div_(255)
+        x = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        return x, batch[1].to(self.device, non_blocking=True)
 
     def next(self) -> tuple[Batch | None, Batch | None, int]:
         """(this rank's labeled batch or None, its pseudo-labeled batch or None, images in the global step)."""
-        d = self.data
-        li = self._mine(self.streams["labeled"].take(self.batch_size))
-        labeled = (self.augment(d.labeled_images[li]), d.labeled_targets[li]) if self.labeled_in_batch else None
-        unlabeled = None
-        if d.has_unlabeled:
-            ui = self._mine(self.streams["unlabeled"].take(self.unlabeled_batch))
-            unlabeled = (self.augment_unlabeled(d.unlabeled_images[ui]), d.unlabeled_targets[ui])
+        labeled, unlabeled = self.batches.next()
         images = sum(len(b[1]) for b in (labeled, unlabeled) if b is not None) * self.world.size
-        return self._on_device(labeled), self._on_device(unlabeled), images
-
-    def _on_device(self, batch: tuple[torch.Tensor, torch.Tensor] | None) -> Batch | None:
-        if batch is None:
-            return None
-        return self._to_device(batch[0]), batch[1].to(self.device, non_blocking=True)
-
-    def begin_epoch(self, epoch: int, step: int) -> None:
-        """Epoch ``epoch`` starts (or resumes) at ``step``: nothing to do for endless index streams."""
-
-    def close(self) -> None:
-        """Nothing to release (a streamed source stops its loader processes)."""
+        return self._prepared(labeled, self.augment), self._prepared(unlabeled, self.augment_unlabeled), images
 
 
-def epoch_steps(data: TrainData | StreamedTrainData, batch_size: int) -> int:
+def epoch_steps(data: TrainSource, batch_size: int) -> int:
     """Optimizer updates per epoch: full global batches of the labeled set."""
-    n = len(data.labeled_images) if isinstance(data, TrainData) else data.num_labeled
-    return batches_per_epoch(n, batch_size)
+    return batches_per_epoch(data.num_labeled, batch_size)
 
 
 def train_classifier(
     model: ImageClassifier,
-    data: TrainData | StreamedTrainData,
+    data: TrainSource,
     optim: OptimParams,
     noise: NoiseParams,
     *,
@@ -376,9 +251,9 @@ def train_classifier(
     and ``eval_fn`` / ``on_epoch`` run on rank 0 only while the others wait. ``sync_batchnorm``
     (CUDA only) synchronizes batch-norm statistics over the ranks.
 
-    ``data``: host tensors (:class:`TrainData`) or shard folders read while training
-    (:class:`~noisy_student.training.streams.StreamedTrainData`; steps per epoch from its
-    ``num_labeled``, each rank streaming its own shards; resume exact as that module says).
+    ``data``: images in memory (:class:`~noisy_student.training.batches.TrainData`) or tars read while
+    training (:class:`~noisy_student.training.streams.StreamedTrainData`); steps per epoch come from its
+    ``num_labeled``; resume is exact for both.
     """
     if not labeled_in_batch and not data.has_unlabeled:
         raise ValueError("labeled_in_batch=False needs pseudo-labeled images")
@@ -387,36 +262,19 @@ def train_classifier(
         raise ValueError(f"batch_size {optim.batch_size} does not divide by the {world.size} training processes")
     distributed.check_sync_batchnorm(sync_batchnorm, device)
     pseudo = noise if isinstance(noise, StudentNoiseParams) else StudentNoiseParams(**noise.model_dump())
-    seed_everything(seed + world.rank)  # augmentation and dropout: each rank its own; batch indices: `gen`, shared
-    gen = torch.Generator().manual_seed(seed)
+    seed_everything(seed + world.rank)  # augmentation and dropout: each rank its own; batch indices: shared
+    u_batch = optim.batch_size * unlabeled_ratio if data.has_unlabeled else 0
+    source = data.batches(BatchPlan(optim.batch_size, u_batch, labeled_in_batch), world, seed, device)
+    batches = _DeviceBatches(source, pseudo, device, channels_last, world)
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    if device.type == "cuda" and isinstance(data, TrainData):
-        data = _resident(data, device)
     task = NoisyStudentTask(model, unlabeled_model_noise=pseudo.unlabeled_model_noise, device=device)
     if optim.ema_decay > 0:
         task.setup_ema(decay=optim.ema_decay, use_warmup=True)  # of the plain module, before any wrapping
     steps_per_epoch = epoch_steps(data, optim.batch_size)
     optimizer, scheduler = _optimization(model, optim, steps_per_epoch)
-    u_batch = optim.batch_size * unlabeled_ratio if data.has_unlabeled else 0
-    batches: _Batches
-    if isinstance(data, TrainData):
-        streams = {"labeled": _Stream(len(data.labeled_images), gen)}
-        if data.has_unlabeled:
-            streams["unlabeled"] = _Stream(len(data.unlabeled_images), gen)
-        batches = _Batches(
-            data, streams, pseudo, optim.batch_size, u_batch, labeled_in_batch, device, channels_last, world
-        )
-        rank_streams: dict[str, Any] = {}
-    else:
-        from noisy_student.training.streams import StreamedBatches
-
-        batches = StreamedBatches(
-            data, pseudo, optim.batch_size, u_batch, labeled_in_batch, device, channels_last, world, seed
-        )
-        streams, rank_streams = {}, {"streamed": batches}
-    resume = _Resume(checkpoint_path, checkpoint_key, task, optimizer, streams, gen, device, world, rank_streams)
+    resume = _Resume(checkpoint_path, checkpoint_key, task, optimizer, source, device, world)
     progress = resume.load()
     at = -1 if progress is None else progress.epoch * steps_per_epoch + progress.step
     if not distributed.same_on_every_rank(at):
@@ -441,7 +299,7 @@ def train_classifier(
         disable=not world.main,
     )
     mark_step = _xla_mark_step() if device.type == "xla" else None
-    with distributed.data_parallel(task, model, sync_batchnorm=sync_batchnorm), closing(batches):
+    with distributed.data_parallel(task, model, sync_batchnorm=sync_batchnorm), closing(source):
         if optim.compile:
             task.forward_module = torch.compile(task.trainable_module)
         model.train()
@@ -449,7 +307,7 @@ def train_classifier(
             epoch = progress.epoch
             if progress.step == 0:
                 progress.loss_sum, progress.seen = 0.0, 0
-            batches.begin_epoch(epoch, progress.step)
+            source.begin_epoch(epoch, progress.step)
             for step in range(progress.step, steps_per_epoch):
                 labeled, unlabeled, images = batches.next()
                 with autocast(device, amp_dtype):

@@ -18,13 +18,9 @@ torchrun, :mod:`noisy_student.distributed`); rank 0 evaluates and gets the metri
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
-import os
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -41,19 +37,15 @@ from noisy_student.evaluation import images_tensor, predict_logits, topk_accurac
 from noisy_student.io import atomic_path
 from noisy_student.models import ImageClassifier, ModelSpec, check_student_size, create_classifier, save_checkpoint
 from noisy_student.paths import training_name
-from noisy_student.report.charts import training_curves
 from noisy_student.seeds import seed_everything, seed_for
+from noisy_student.training.batches import TrainData, TrainSource, data_key, one_hot
 from noisy_student.training.fixres import fixres_finetune
-from noisy_student.training.loop import EpochCallback, TrainData, one_hot, train_classifier
+from noisy_student.training.loop import EpochCallback, train_classifier
 from noisy_student.training.streams import StreamedTrainData
 
 
 class PlanError(ValueError):
     """A plan that cannot be trained as configured (student too small, warm start from another architecture)."""
-
-
-class RunLockedError(PlanError):
-    """Another process is training the same run (same plan, same data) right now."""
 
 
 @dataclass(frozen=True)
@@ -116,26 +108,17 @@ class RunPlan:
             sync_batchnorm=params.distributed.sync_batchnorm,
         )
 
-    def key(self, data: TrainData | StreamedTrainData) -> str:
-        """A short hash of the plan and the training tensors' content: what a resume file is valid for.
+    def key(self, data: TrainSource) -> str:
+        """A short hash of the plan and of what it trains on (:func:`~noisy_student.training.batches.data_key`).
 
         The distributed fields count only when they are not the single process's defaults, so a
-        one-process run keeps the key it always had. Streamed data counts by its
-        :meth:`~noisy_student.training.streams.StreamedTrainData.content_key`.
+        one-process run keeps the key it always had.
         """
         plan = asdict(self)
         for name, single in (("processes", 1), ("sync_batchnorm", False)):
             if plan[name] == single:
                 del plan[name]
-        digest = hashlib.sha256(json.dumps(_jsonable(plan), sort_keys=True).encode())
-        if isinstance(data, StreamedTrainData):
-            digest.update(data.content_key().encode())
-            return digest.hexdigest()[:16]
-        for t in (data.labeled_images, data.labeled_targets, data.unlabeled_images, data.unlabeled_targets):
-            if t is not None:
-                digest.update(str((tuple(t.shape), t.dtype)).encode())
-                digest.update(t.contiguous().numpy().tobytes())
-        return digest.hexdigest()[:16]
+        return data_key(json.dumps(_jsonable(plan), sort_keys=True), data)
 
 
 def _jsonable(value: Any) -> Any:
@@ -154,7 +137,7 @@ class TrainingInputs:
     ``(N, C, H, W)`` pseudo-labeled rows (repeated as filter-balance says),
     ``unlabeled_targets``: their ``(N, K)`` float targets (None for a teacher).
 
-    Streamed (``data.format: wds``): ``labeled`` is None and ``streamed`` names the shard folders
+    Streamed (``data.residency: stream``): ``labeled`` is None and ``streamed`` names the shard folders
     and the keyed pseudo labels; ``normalization`` is the labeled split's per-channel
     ``(mean, std)`` in 0..1 (:func:`~noisy_student.training.sources.shard_channel_stats`). The test
     set stays in memory either way.
@@ -248,7 +231,7 @@ def build_model(
     return model, spec
 
 
-def training_data(plan: RunPlan, inputs: TrainingInputs) -> TrainData | StreamedTrainData:
+def training_data(plan: RunPlan, inputs: TrainingInputs) -> TrainSource:
     """The tensors the loop trains on: uint8 labeled images with their (smoothed) one-hot targets, and
     the pseudo-labeled rows; or the shard folders it streams, with the plan's label smoothing."""
     if inputs.streamed is not None:
@@ -260,72 +243,6 @@ def training_data(plan: RunPlan, inputs: TrainingInputs) -> TrainData | Streamed
         inputs.unlabeled_images,
         inputs.unlabeled_targets,
     )
-
-
-def _try_lock(fd: int) -> bool:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
-
-
-@contextmanager
-def claim_run(plan: RunPlan, inputs: TrainingInputs, checkpoints: Path) -> Iterator[str]:
-    """Hold the run's lock while it trains; yield its resume key (:meth:`RunPlan.key` of its data).
-
-    A second process asking for the same run (same plan, same data: the same resume files) gets a
-    :class:`RunLockedError` at once instead of resuming from a state the first one is still writing.
-    On a clean exit the run's resumable states are gone (each phase removes its own) and states of
-    the same model left by killed runs with other params or data are removed too.
-    """
-    key = plan.key(training_data(plan, inputs))
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    lock = checkpoints / f"{plan.name}-{key}.lock"
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    if not _try_lock(fd):
-        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise RunLockedError(
-            f"another process (pid {holder}) is training {plan.name} with these params and data "
-            f"(lock {lock}); wait for it to finish or stop it, then rerun"
-        )
-    os.ftruncate(fd, 0)
-    os.write(fd, str(os.getpid()).encode())
-    try:
-        yield key
-        remove_stale_states(checkpoints, plan.name)
-    finally:
-        lock.unlink(missing_ok=True)
-        os.close(fd)  # releases the lock
-
-
-def remove_stale_states(checkpoints: Path, name: str) -> list[Path]:
-    """Delete the resumable states of model ``name`` that no process is training (killed runs), with their
-    temp files and lock files; return what was removed."""
-    removed: list[Path] = []
-    for lock in sorted(checkpoints.glob(f"{name}-*.lock")):
-        fd = os.open(lock, os.O_RDWR)
-        try:
-            if not _try_lock(fd):
-                continue  # a live run (e.g. another queued experiment) holds it
-            key = lock.stem[len(name) + 1 :]
-            for state in checkpoints.glob(f"{name}-{key}*.pt"):
-                state.unlink(missing_ok=True)
-                removed.append(state)
-            lock.unlink(missing_ok=True)
-            removed.append(lock)
-        finally:
-            os.close(fd)
-    locked = {lock.stem for lock in checkpoints.glob(f"{name}-*.lock")}
-    for state in sorted(checkpoints.glob(f"{name}-*.pt")):
-        if not any(state.stem.startswith(stem) for stem in locked):
-            state.unlink(missing_ok=True)
-            removed.append(state)
-    for tmp in sorted(checkpoints.glob(f".{name}-*.tmp")):
-        tmp.unlink(missing_ok=True)
-        removed.append(tmp)
-    return removed
 
 
 def _ignore(record: dict[str, float]) -> None:
@@ -367,8 +284,6 @@ def train_model(
         return {"test_top1": acc["top1"], "test_top5": acc["top5"]}
 
     data = training_data(plan, inputs)
-    if plan.fixres is not None and isinstance(data, StreamedTrainData):  # params validation refuses it first
-        raise PlanError("student.fixres.epochs > 0 needs data.format: npz (FixRes finetunes on host tensors)")
     key = key or plan.key(data)
     start = time.perf_counter()
     final, history = train_classifier(
@@ -389,14 +304,9 @@ def train_model(
         sync_batchnorm=plan.sync_batchnorm,
     )
     if plan.finetune_epochs:
-        labeled_only = (
-            replace(data, unlabeled=None, pseudo=None)
-            if isinstance(data, StreamedTrainData)
-            else TrainData(data.labeled_images, data.labeled_targets)
-        )
         final, tuned = train_classifier(
             final,
-            labeled_only,
+            data.labeled_only(),
             plan.optim.model_copy(update={"epochs": plan.finetune_epochs, "warmup_epochs": 0}),
             plan.noise,
             device=device,
@@ -412,8 +322,7 @@ def train_model(
     if plan.fixres is not None:
         final, tuned = fixres_finetune(
             final,
-            data.labeled_images,
-            data.labeled_targets,
+            data.labeled_only(),
             plan.optim,
             plan.fixres,
             device=device,
@@ -446,8 +355,8 @@ def train_model(
     return TrainResult(final, spec, frame, metrics, plan.noise, plan.optim.epochs)
 
 
-def save_training_outputs(result: TrainResult, name: str, checkpoint: Path, curves_csv: Path, curves_png: Path) -> None:
-    """The checkpoint (weights, spec, and meta: name, size, epochs, the training noise) and the curves (CSV + PNG)."""
+def save_training_outputs(result: TrainResult, name: str, checkpoint: Path, curves_csv: Path) -> None:
+    """The checkpoint (weights, spec, and meta: name, size, epochs, the training noise) and the curves' CSV."""
     meta = {
         "name": name,
         "params": result.metrics["parameters"],
@@ -458,4 +367,3 @@ def save_training_outputs(result: TrainResult, name: str, checkpoint: Path, curv
     save_checkpoint(checkpoint, result.model, result.spec, meta)
     with atomic_path(curves_csv) as tmp:
         result.history.to_csv(tmp, index=False)
-    training_curves(result.history, name, curves_png)

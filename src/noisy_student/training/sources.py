@@ -1,9 +1,12 @@
-"""What the teacher and student stages train on, loaded by ``data.format`` from ``prepare``'s folder.
+"""What the teacher and student stages train on, from ``prepare``'s folder of tar splits.
 
-``npz``: the labeled set and the pseudo-labeled rows as host tensors (:class:`TrainingInputs` with
-``labeled``). ``wds``: the shard folders and the keyed pseudo labels, streamed while training
-(:class:`~noisy_student.training.streams.StreamedTrainData`). The test set is held in memory either
-way (it is evaluated by rank 0 alone, which timm's wds reader cannot do without duplicates).
+``data.residency`` decides where the images live while a model trains, never how they are stored:
+``memory`` decodes the labeled split (and the student's selected pool images) once into uint8 host
+tensors (:class:`TrainingInputs` with ``labeled``); ``stream`` reads the tars while training
+(:class:`~noisy_student.training.streams.StreamedTrainData`); ``auto`` is memory when the labeled
+and unlabeled splits decode to at most ``data.memory_budget_gb``. Either way the student's pseudo
+labels join the pool by image id, and the test set is held in memory (it is evaluated by rank 0
+alone, which timm's wds reader cannot do without duplicates).
 """
 
 from __future__ import annotations
@@ -15,17 +18,33 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from noisy_student.config import DataParams
 from noisy_student.data import class_count, load_imageset
 from noisy_student.data.wds import iter_tar, read_info, split_path
 from noisy_student.evaluation import images_tensor
-from noisy_student.pseudo_labels import student_targets
-from noisy_student.pseudo_labels.keyed import keyed_student_targets
+from noisy_student.pseudo_labels.targets import student_targets
 from noisy_student.training.recipe import TrainingInputs, channel_stats
 from noisy_student.training.streams import StreamedTrainData
 
 # decoded bytes of labeled images the normalization is computed from: all of a small split (the same
-# numbers the npz path computes), a strided subset of whole tars of a large one
+# numbers the in-memory path computes), a strided subset of whole tars of a large one
 STATS_BYTES = 512 * 2**20
+
+
+def decoded_bytes(folder: Path) -> int:
+    """What a split folder takes decoded into memory: samples x the first image's bytes."""
+    info = read_info(folder)
+    first = next(iter_tar(info.paths(folder)[0])).image
+    return first.nbytes * info.num_samples
+
+
+def residency(prepared: Path, data: DataParams) -> Literal["memory", "stream"]:
+    """``data.residency``, with ``auto`` resolved: memory when labeled + unlabeled decode to at most the budget."""
+    if data.residency != "auto":
+        return data.residency
+    splits = [split_path(prepared, "labeled"), split_path(prepared, "unlabeled")]
+    total = sum(decoded_bytes(folder) for folder in splits if folder.exists())
+    return "memory" if total <= data.memory_budget_gb * 2**30 else "stream"
 
 
 def shard_channel_stats(folder: Path, max_bytes: int = STATS_BYTES) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -35,30 +54,26 @@ def shard_channel_stats(folder: Path, max_bytes: int = STATS_BYTES) -> tuple[tup
     tars, spread over the split so no run of classes dominates) up to about ``max_bytes``: an
     estimate, which is all a normalization needs.
     """
-    info = read_info(folder)
-    tars = info.paths(folder)
-    first = next(iter_tar(tars[0])).image
-    total = first.nbytes * info.num_samples
-    stride = max(1, -(-total // max_bytes))
+    tars = read_info(folder).paths(folder)
+    stride = max(1, -(-decoded_bytes(folder) // max_bytes))
     images = [sample.image for tar in tars[::stride] for sample in iter_tar(tar)]
     return channel_stats(np.stack(images))
 
 
-def teacher_inputs(prepared: Path, data_format: Literal["npz", "wds"], workers: int) -> TrainingInputs:
+def teacher_inputs(prepared: Path, data: DataParams) -> TrainingInputs:
     """The teacher's labeled + test data from ``prepare``'s folder ``prepared``."""
-    test = load_imageset(split_path(prepared, "test", data_format))
-    labeled_path = split_path(prepared, "labeled", data_format)
-    if data_format == "npz":
+    test = load_imageset(split_path(prepared, "test"))
+    labeled_path = split_path(prepared, "labeled")
+    if residency(prepared, data) == "memory":
         labeled = load_imageset(labeled_path)
         return TrainingInputs(labeled, test, class_count(prepared, labeled.labels))
-    streamed, stats = _streamed_labeled(labeled_path, class_count(prepared, test.labels), workers)
+    streamed, stats = _streamed_labeled(labeled_path, class_count(prepared, test.labels), data.workers)
     return TrainingInputs(None, test, streamed.num_classes, streamed=streamed, normalization=stats)
 
 
 def student_inputs(
     prepared: Path,
-    data_format: Literal["npz", "wds"],
-    workers: int,
+    data: DataParams,
     selected: Path,
     num_classes: int,
     mode: Literal["soft", "hard"],
@@ -66,20 +81,20 @@ def student_inputs(
 ) -> tuple[TrainingInputs, dict[str, Any]]:
     """The student's labeled + pseudo-labeled + test data, and the pseudo-label stats the stage reports.
 
-    ``npz``: the selected pool rows repeated by their copies, as host tensors; ``wds``: the selected
-    keys with their targets and copies, joined with the unlabeled tars while training.
+    In memory: the selected pool images (found by id) repeated by their copies, as host tensors;
+    streamed: the selected ids with their tars, targets and copies, read from the unlabeled tars
+    while training.
     """
-    test = load_imageset(split_path(prepared, "test", data_format))
-    labeled_path = split_path(prepared, "labeled", data_format)
-    unlabeled_path = split_path(prepared, "unlabeled", data_format)
-    if data_format == "npz":
+    test = load_imageset(split_path(prepared, "test"))
+    labeled_path, unlabeled_path = split_path(prepared, "labeled"), split_path(prepared, "unlabeled")
+    chosen, stats = student_targets(selected, num_classes, mode, threshold=threshold)
+    if residency(prepared, data) == "memory":
         labeled, pool = load_imageset(labeled_path), load_imageset(unlabeled_path)
-        rows, targets, stats = student_targets(selected, pool, num_classes, mode, threshold=threshold)
-        images = images_tensor(pool.images[rows])
-        return TrainingInputs(labeled, test, num_classes, images, torch.from_numpy(targets)), stats
-    keyed, stats = keyed_student_targets(selected, num_classes, mode, threshold=threshold)
-    labeled, norm = _streamed_labeled(labeled_path, num_classes, workers)
-    streamed = replace(labeled, unlabeled=unlabeled_path, pseudo=keyed)
+        rows, targets = chosen.rows(pool.ids, selected)
+        inputs = TrainingInputs(labeled, test, num_classes, images_tensor(pool.images[rows]), torch.from_numpy(targets))
+        return inputs, stats
+    streamed, norm = _streamed_labeled(labeled_path, num_classes, data.workers)
+    streamed = replace(streamed, unlabeled=unlabeled_path, pseudo=chosen)
     return TrainingInputs(None, test, num_classes, streamed=streamed, normalization=norm), stats
 
 

@@ -1,12 +1,13 @@
-"""Training batches streamed from WebDataset shards (``data.format: wds``) instead of host tensors.
+"""Training batches streamed from the prepared WebDataset tars (``data.residency: stream``) instead of memory.
 
 The labeled images come through timm's wds reader (``create_dataset("wds/<split>", ...)``) in a
 torch ``DataLoader`` with ``workers`` processes per rank; timm shuffles the tars with a seed shared
 by every rank, gives each of the ``ranks x workers`` readers its own tars (no overlap) and shuffles
 samples in a buffer. The pseudo-labeled images are read with webdataset from the unlabeled tars that
-hold a selected key (:class:`~noisy_student.pseudo_labels.keyed.KeyedTargets`), each selected image
+hold a selected image (:class:`~noisy_student.pseudo_labels.targets.SelectedImages`, joined by id: a
+sample's key is its zero-padded id), each selected image
 ``copies`` times per pass, with its dense target row. Epochs are still counted on the labeled set:
-``num_labeled // batch_size`` steps, as for the in-memory :class:`~noisy_student.training.loop.TrainData`.
+``num_labeled // batch_size`` steps, as for the in-memory :class:`~noisy_student.training.batches.TrainData`.
 
 Resume (``optim.checkpoint_steps``) is exact. Every epoch's labeled order is a function of
 ``(seed, epoch, rank, workers)`` only (the reader is built afresh each epoch), so a resumed run
@@ -28,12 +29,10 @@ out after a shuffle seeded by ``(seed, p)``); ranks move to their next pass inde
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
-from functools import partial
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +44,11 @@ from timm.data import create_dataset
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
-from noisy_student.config import StudentNoiseParams
-from noisy_student.data.wds import INFO_FILE, read_info
+from noisy_student.data.wds import INFO_FILE, iter_tar, read_info, sample_key
 from noisy_student.distributed import World
-from noisy_student.pseudo_labels.keyed import KeyedTargets
-from noisy_student.training.loop import _Batches, one_hot
-from noisy_student.training.task import Batch
+from noisy_student.pseudo_labels.targets import SelectedImages
+from noisy_student.training.batches import BatchPlan, HostBatch, one_hot
 
-IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")  # a sample's image: the first of these it holds
 PIL_MODES = {1: "L", 3: "RGB"}
 # random streams of one run, mixed with its seed so the two never share a generator
 _LABELED, _PSEUDO = 1, 2
@@ -65,7 +61,7 @@ class StreamedTrainData:
     ``labeled``: the labeled shard folder (its ``_info.json`` lists split ``labeled_split``'s tars);
     ``num_labeled``: its sample count, which sets the steps per epoch; ``channels``: 1 (grey, PIL
     mode ``L``) or 3 (RGB); labeled targets are one-hot over ``num_classes`` with ``label_smoothing``.
-    ``unlabeled`` + ``pseudo``: the unlabeled shard folder and the selected keys with their targets and
+    ``unlabeled`` + ``pseudo``: the unlabeled shard folder and the selected images with their targets and
     copies (a student; None for a teacher). ``workers``: DataLoader processes per rank for each of the
     two streams (0: read in the training process). ``shuffle_buffer``: samples each reader shuffles
     in (decoded images for the pseudo-labeled stream, so it bounds memory: buffer x image bytes).
@@ -79,7 +75,7 @@ class StreamedTrainData:
     workers: int = 0
     labeled_split: str = "labeled"
     unlabeled: Path | None = None
-    pseudo: KeyedTargets | None = None
+    pseudo: SelectedImages | None = None
     shuffle_buffer: int = 2048
 
     def __post_init__(self) -> None:
@@ -90,11 +86,20 @@ class StreamedTrainData:
         if self.workers < 0 or self.shuffle_buffer < 1:
             raise ValueError(f"workers must be >= 0 and shuffle_buffer >= 1, got {self.workers}, {self.shuffle_buffer}")
         if (self.unlabeled is None) != (self.pseudo is None):
-            raise ValueError("StreamedTrainData needs unlabeled (the shard folder) and pseudo (the keys), or neither")
+            raise ValueError("StreamedTrainData needs unlabeled (the shard folder) and pseudo (the images), or neither")
 
     @property
     def has_unlabeled(self) -> bool:
         return self.pseudo is not None and len(self.pseudo) > 0
+
+    def batches(self, plan: BatchPlan, world: World, seed: int, device: torch.device) -> StreamedBatches:
+        return StreamedBatches(self, plan, world, seed, pin_memory=device.type == "cuda")
+
+    def labeled_only(self) -> StreamedTrainData:
+        return replace(self, unlabeled=None, pseudo=None)
+
+    def update_digest(self, digest: Any) -> None:
+        digest.update(self.content_key().encode())
 
     def labeled_tars(self) -> list[str]:
         """The labeled split's tar names, in ``_info.json`` order."""
@@ -103,7 +108,7 @@ class StreamedTrainData:
     def content_key(self) -> str:
         """A hash of what this data trains on, for resume keys: the labeled ``_info.json``, every tar read
         (name, size, modification time: rewritten shards give a new key without reading them), the
-        pseudo labels (keys, tars, targets, copies), channels, classes and smoothing."""
+        pseudo labels (ids, tars, targets, copies), channels, classes and smoothing."""
         digest = hashlib.sha256(
             json.dumps([self.num_labeled, self.channels, self.num_classes, self.label_smoothing]).encode()
         )
@@ -111,7 +116,7 @@ class StreamedTrainData:
         tars = [(self.labeled, name) for name in self.labeled_tars()]
         if self.pseudo is not None and self.unlabeled is not None:
             tars += [(self.unlabeled, name) for name in sorted(set(self.pseudo.shards.tolist()))]
-            for array in (self.pseudo.keys, self.pseudo.shards):
+            for array in (self.pseudo.ids, self.pseudo.shards):
                 digest.update("\n".join(map(str, array.tolist())).encode())
             digest.update(np.ascontiguousarray(self.pseudo.targets, dtype=np.float32).tobytes())
             digest.update(np.ascontiguousarray(self.pseudo.copies, dtype=np.int64).tobytes())
@@ -131,8 +136,8 @@ def _mix(*values: int) -> int:
     return int(np.random.SeedSequence([v & 0xFFFFFFFF for v in values]).generate_state(1)[0])
 
 
-def image_tensor(image: Image.Image) -> torch.Tensor:
-    """A decoded PIL image (mode ``L`` or ``RGB``) -> uint8 ``(C, H, W)``."""
+def image_tensor(image: Image.Image | np.ndarray) -> torch.Tensor:
+    """A decoded image (PIL mode ``L`` / ``RGB``, or uint8 ``(H, W)`` / ``(H, W, 3)``) -> uint8 ``(C, H, W)``."""
     array = np.array(image)  # a writable copy: torch.from_numpy warns on PIL's read-only buffer
     if array.ndim == 2:
         return torch.from_numpy(array).unsqueeze(0)
@@ -187,29 +192,20 @@ def labeled_loader(
     )
 
 
-def _decode(sample: dict[str, Any], mode: str) -> torch.Tensor:
-    """A webdataset sample's image as uint8 ``(C, H, W)`` in PIL ``mode``."""
-    data = next((sample[ext] for ext in IMAGE_EXTENSIONS if ext in sample), None)
-    if data is None:
-        where = f"sample {sample.get('__key__')} in {sample.get('__url__')}"
-        raise ValueError(f"{where} has no image ({'/'.join(IMAGE_EXTENSIONS)})")
-    with Image.open(io.BytesIO(data)) as image:
-        return image_tensor(image.convert(mode))
-
-
 class _PseudoPass(IterableDataset):
-    """One pass of this rank's pseudo-labeled samples: ``(uint8 (C, H, W) image, int row of KeyedTargets)``.
+    """One pass of this rank's pseudo-labeled samples: ``(uint8 (C, H, W) image, int row of SelectedImages)``.
 
     The selected tars are shuffled with ``(seed, pass)`` (the same order on every rank) and dealt out to
     the ``ranks x workers`` readers; with fewer tars than readers every reader reads them all and keeps
-    every ``readers``-th selected sample instead. A reader decodes each selected image once, emits it
-    ``copies`` times and shuffles in a buffer of ``buffer`` samples (so repeats spread out), seeded by
-    ``(seed, pass, reader)``. A selected key missing from its tar is an error.
+    every ``readers``-th selected sample instead. A reader decodes each of its selected images once
+    (:func:`~noisy_student.data.wds.iter_tar`, the data package's tar reader), emits it ``copies`` times
+    and shuffles in webdataset's buffer of ``buffer`` samples (so repeats spread out), seeded by
+    ``(seed, pass, reader)``. A selected image missing from its tar is an error.
     """
 
     def __init__(self, stream: PseudoStream, pass_: int) -> None:
         assert stream.data.unlabeled is not None
-        self.folder, self.mode = stream.data.unlabeled, PIL_MODES[stream.data.channels]
+        self.folder, self.channels = stream.data.unlabeled, stream.data.channels
         self.seed, self.pass_, self.world, self.buffer = stream.seed, pass_, stream.world, stream.data.shuffle_buffer
         self.rows, self.shards, self.copies = stream.rows, stream.shards, stream.copies
 
@@ -222,36 +218,38 @@ class _PseudoPass(IterableDataset):
         by_tar = len(order) >= readers
         mine = order[reader::readers] if by_tar else order
         expected = int(np.isin(self.shards, mine).sum()) if by_tar else len(self.rows)
+        selected = self._selected(mine, reader, 1 if by_tar else readers, expected)
         shuffle_rng = random.Random(_mix(self.seed, _PSEUDO, self.pass_, reader))
-        pipeline = wds.DataPipeline(
-            wds.SimpleShardList([str(self.folder / name) for name in mine]),
-            wds.tarfile_to_samples(),
-            partial(self._selected, reader=reader, readers=1 if by_tar else readers, expected=expected, tars=mine),
-            self._repeated,
-            wds.shuffle(self.buffer, initial=self.buffer, rng=shuffle_rng),
-        )
-        return iter(pipeline)
+        return iter(wds.shuffle(self.buffer, initial=self.buffer, rng=shuffle_rng)(self._repeated(selected)))
 
-    def _selected(
-        self, samples: Iterator[dict[str, Any]], reader: int, readers: int, expected: int, tars: list[str]
-    ) -> Iterator[tuple[dict[str, Any], int]]:
-        """The selected samples with their rows; with ``readers > 1`` only every ``readers``-th, from ``reader``."""
+    def _selected(self, tars: list[str], reader: int, readers: int, expected: int) -> Iterator[tuple[np.ndarray, int]]:
+        """The selected images with their rows; with ``readers > 1`` only every ``readers``-th, from ``reader``."""
         seen = 0
-        for sample in samples:
-            row = self.rows.get(sample["__key__"])
-            if row is None:
-                continue
-            if seen % readers == reader % readers:
-                yield sample, row
+
+        def mine(key: str) -> bool:  # decides before decoding: other images are skipped undecoded
+            nonlocal seen
+            if key not in self.rows:
+                return False
             seen += 1
+            return (seen - 1) % readers == reader % readers
+
+        for name in tars:
+            for sample in iter_tar(self.folder / name, select=mine):
+                channels = 1 if sample.image.ndim == 2 else sample.image.shape[-1]
+                if channels != self.channels:
+                    raise ValueError(
+                        f"{self.folder / name}: sample {sample.key} has {channels} channel(s); expected "
+                        f"{self.channels}, as the labeled split's images"
+                    )
+                yield sample.image, self.rows[sample.key]
         if seen != expected:
             raise ValueError(
-                f"{self.folder}: tars {tars} hold {seen} of the {expected} selected keys the pseudo labels put there"
+                f"{self.folder}: tars {tars} hold {seen} of the {expected} selected images the pseudo labels put there"
             )
 
-    def _repeated(self, selected: Iterator[tuple[dict[str, Any], int]]) -> Iterator[tuple[torch.Tensor, int]]:
-        for sample, row in selected:
-            image = _decode(sample, self.mode)
+    def _repeated(self, selected: Iterator[tuple[np.ndarray, int]]) -> Iterator[tuple[torch.Tensor, int]]:
+        for array, row in selected:
+            image = image_tensor(array)
             for _ in range(int(self.copies[row])):
                 yield image, row
 
@@ -270,12 +268,12 @@ class PseudoStream:
         self.data, self.batch, self.seed, self.world, self.workers = data, batch, seed, world, workers
         self.targets = torch.from_numpy(np.ascontiguousarray(data.pseudo.targets, dtype=np.float32))
         # what the readers need, built once (not per pass): key -> row, each row's tar and copies
-        self.rows = {str(key): row for row, key in enumerate(data.pseudo.keys.tolist())}
+        self.rows = {sample_key(image_id): row for row, image_id in enumerate(data.pseudo.ids.tolist())}
         self.shards = np.asarray(data.pseudo.shards).astype(str)
         self.copies = np.asarray(data.pseudo.copies, dtype=np.int64)
         if len(self.rows) != len(data.pseudo):
             repeats = len(data.pseudo) - len(self.rows)
-            raise ValueError(f"pseudo labels of {data.unlabeled}: {repeats} keys appear more than once")
+            raise ValueError(f"pseudo labels of {data.unlabeled}: {repeats} ids appear more than once")
         if (self.copies < 1).any():
             raise ValueError(f"pseudo labels for {data.unlabeled}: copies must be >= 1")
         self.pass_, self.consumed = 0, 0
@@ -337,34 +335,19 @@ class PseudoStream:
         self.pass_, self.consumed, self._batches = int(state["pass"]), int(state["consumed"]), None
 
 
-class StreamedBatches(_Batches):
-    """:class:`~noisy_student.training.loop._Batches` for :class:`StreamedTrainData`: the same ``next()``.
+class StreamedBatches:
+    """:class:`~noisy_student.training.batches.Batches` of a :class:`StreamedTrainData`: each rank reads
+    ``1 / ranks`` of every global batch from its own tars (labeled: timm's reader, a fresh loader per
+    epoch; pseudo-labeled: :class:`PseudoStream`). Its state is this rank's pseudo-labeled position."""
 
-    ``batch_size`` / ``unlabeled_batch`` are global; each rank reads ``1 / world.size`` of each from its
-    own shards. Images go to the device as uint8 and are augmented there (``BatchAugment``, the rank's
-    generator), then become float 0..1 in the model's memory format, as in the in-memory path. The loop
-    calls :meth:`begin_epoch` before each epoch's first step (and at a resumed step); :meth:`state` /
-    :meth:`load` are this rank's part of the resume state.
-    """
-
-    def __init__(
-        self,
-        data: StreamedTrainData,
-        noise: StudentNoiseParams,
-        batch_size: int,
-        unlabeled_batch: int,
-        labeled_in_batch: bool,
-        device: torch.device,
-        channels_last: bool,
-        world: World,
-        seed: int,
-    ) -> None:
-        super().__init__(data, {}, noise, batch_size, unlabeled_batch, labeled_in_batch, device, channels_last, world)  # type: ignore[arg-type]
-        self.streamed, self.seed = data, seed
+    def __init__(self, data: StreamedTrainData, plan: BatchPlan, world: World, seed: int, pin_memory: bool) -> None:
+        self.data, self.plan, self.world, self.seed, self.pin_memory = data, plan, world, seed, pin_memory
         self.workers = data.workers
         self.labeled_workers = _reader_count(len(data.labeled_tars()), world, data.workers, data.labeled)
         self.pseudo = (
-            PseudoStream(data, unlabeled_batch // world.size, seed, world, data.workers) if data.has_unlabeled else None
+            PseudoStream(data, plan.unlabeled_batch // world.size, seed, world, data.workers)
+            if data.has_unlabeled and plan.unlabeled_batch > 0
+            else None
         )
         self._labeled: Iterator[list[torch.Tensor]] | None = None
         self._epoch = 0
@@ -372,54 +355,37 @@ class StreamedBatches(_Batches):
     def begin_epoch(self, epoch: int, step: int) -> None:
         """Read epoch ``epoch``'s labeled stream from step ``step`` on (its first ``step`` batches skipped)."""
         self._labeled, self._epoch = None, epoch  # the last epoch's loader (and its workers) goes
-        if not self.labeled_in_batch:
+        if not self.plan.labeled_in_batch:
             return  # Table 13's pretraining: epochs count labeled steps, no labeled image is read
-        loader = labeled_loader(
-            self.streamed,
-            epoch,
-            self.batch_size // self.world.size,
-            self.seed,
-            self.world,
-            self.labeled_workers,
-            pin_memory=self.device.type == "cuda",
-        )
+        batch = self.plan.batch_size // self.world.size
+        loader = labeled_loader(self.data, epoch, batch, self.seed, self.world, self.labeled_workers, self.pin_memory)
         self._labeled = iter(loader)
         for _ in range(step):
             self._next_labeled()
 
-    def _next_labeled(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _next_labeled(self) -> HostBatch:
         assert self._labeled is not None, "begin_epoch() comes before next()"
         try:
             images, labels = next(self._labeled)
         except StopIteration:
             raise RuntimeError(
-                f"{self.streamed.labeled} ran out of labeled batches in epoch {self._epoch + 1}: "
-                f"num_labeled {self.streamed.num_labeled} is more than its tars hold"
+                f"{self.data.labeled} ran out of labeled batches in epoch {self._epoch + 1}: "
+                f"num_labeled {self.data.num_labeled} is more than its tars hold"
             ) from None
-        k = self.streamed.num_classes
+        k = self.data.num_classes
         if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= k):
-            raise ValueError(f"{self.streamed.labeled}: labeled classes {labels.tolist()}, expected 0..{k - 1}")
-        return images, one_hot(labels.numpy(), k, smoothing=self.streamed.label_smoothing)
+            raise ValueError(f"{self.data.labeled}: labeled classes {labels.tolist()}, expected 0..{k - 1}")
+        return images, one_hot(labels.numpy(), k, smoothing=self.data.label_smoothing)
 
-    def next(self) -> tuple[Batch | None, Batch | None, int]:
-        """(this rank's labeled batch or None, its pseudo-labeled batch or None, images in the global step)."""
-        labeled = unlabeled = None
-        if self.labeled_in_batch:
-            images, targets = self._next_labeled()
-            labeled = (self.augment(self._uint8_on_device(images)), targets)
-        if self.pseudo is not None:
-            images, targets = self.pseudo.take(self.unlabeled_batch // self.world.size)
-            unlabeled = (self.augment_unlabeled(self._uint8_on_device(images)), targets)
-        images_in_step = sum(len(b[1]) for b in (labeled, unlabeled) if b is not None) * self.world.size
-        return self._on_device(labeled), self._on_device(unlabeled), images_in_step
+    def next(self) -> tuple[HostBatch | None, HostBatch | None]:
+        labeled = self._next_labeled() if self.plan.labeled_in_batch else None
+        unlabeled = self.pseudo.take(self.plan.unlabeled_batch // self.world.size) if self.pseudo else None
+        return labeled, unlabeled
 
-    def _uint8_on_device(self, images: torch.Tensor) -> torch.Tensor:
-        return images.to(self.device, non_blocking=True)
-
-    def state(self) -> dict[str, int]:
+    def state_dict(self) -> dict[str, int]:
         return {"workers": self.workers, **(self.pseudo.state() if self.pseudo is not None else {})}
 
-    def load(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         if int(state.get("workers", self.workers)) != self.workers:
             tqdm.write(
                 f"resuming with {self.workers} loader workers, saved with {state['workers']}: the rest of this epoch "
