@@ -12,10 +12,7 @@ from noisy_student.console import friendly_errors
 from noisy_student.devices import resolve_device
 from noisy_student.paths import checkpoints_dir
 from noisy_student.training.locks import RunLockedError, claim_run
-from noisy_student.training.recipe import PlanError, RunPlan, TrainingInputs, train_model, training_data
-from stages._processes import start_processes
-
-__all__ = ["exclusive_run", "other_rank_trains", "start_processes"]
+from noisy_student.training.recipe import PlanError, RunPlan, TrainingInputs, train_model
 
 
 @contextmanager
@@ -30,7 +27,7 @@ def exclusive_run(plan: RunPlan, inputs: TrainingInputs) -> Iterator[str]:
             world = stack.enter_context(distributed.process_group(resolve_device(plan.device)))
         key = ""
         if world.main:
-            key = plan.key(training_data(plan, inputs))
+            key = plan.key(inputs.train)
             with friendly_errors(RunLockedError):
                 stack.enter_context(claim_run(plan.name, key, checkpoints_dir()))
         try:

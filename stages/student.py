@@ -15,7 +15,8 @@ from noisy_student.report.charts import training_curves
 from noisy_student.training.recipe import PlanError, RunPlan, save_training_outputs, train_model
 from noisy_student.training.sources import student_inputs
 from stages._common import METRICS_OPTION
-from stages._train import exclusive_run, other_rank_trains, start_processes
+from stages._processes import start_processes
+from stages._train import exclusive_run, other_rank_trains
 
 
 def main(
@@ -36,6 +37,7 @@ def main(
         inputs, stats = student_inputs(
             data,
             params.data,
+            params.student.optim.label_smoothing,
             selected,
             teacher_spec.num_classes,
             params.pseudo_labels.mode,

@@ -12,7 +12,8 @@ from noisy_student.data.wds import WdsDataError, split_path
 from noisy_student.report.charts import training_curves
 from noisy_student.training.recipe import RunPlan, save_training_outputs, train_model
 from noisy_student.training.sources import teacher_inputs
-from stages._train import exclusive_run, other_rank_trains, start_processes
+from stages._processes import start_processes
+from stages._train import exclusive_run, other_rank_trains
 
 
 def main(
@@ -26,7 +27,7 @@ def main(
     start_processes(params)  # distributed.processes > 1: runs this command under torchrun instead
     labeled_file, test_file = split_path(data, "labeled"), split_path(data, "test")
     with friendly_errors(WdsDataError):  # tar folders, decoded into memory or streamed (data.residency)
-        inputs = teacher_inputs(data, params.data)
+        inputs = teacher_inputs(data, params.data, params.teacher.optim.label_smoothing)
     plan = RunPlan.teacher(params)
     with exclusive_run(plan, inputs) as key:
         if other_rank_trains(plan, inputs, key):

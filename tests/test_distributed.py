@@ -239,7 +239,7 @@ def test_one_process_starts_no_torchrun_and_no_process_group(
     images, labels = rng.integers(0, 255, (32, 8, 8), dtype=np.uint8), rng.integers(0, 2, 32)
     imageset = ImageSet(images, labels, np.arange(32), np.array(["x"] * 32))
     plan = RunPlan.teacher(parse_params(_params()))
-    inputs = TrainingInputs(imageset, imageset, 2)
+    inputs = TrainingInputs.in_memory(imageset, imageset, 2)
     with exclusive_run(plan, inputs) as key:
         assert not torch.distributed.is_initialized()
         assert distributed.world() == distributed.World()

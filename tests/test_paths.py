@@ -17,7 +17,7 @@ def test_dvc_stages_write_the_files_paths_names() -> None:
     for stage in stages:
         name, target = paths.parse_run_name(stage.addressing)
         written = {Path(str(out.def_path)) for out in stage.outs}
-        assert written == paths.stage_outputs(name, target), stage.addressing
+        assert written == _stage_outputs(name, target), stage.addressing
 
 
 def test_run_names_round_trip() -> None:
@@ -25,3 +25,40 @@ def test_run_names_round_trip() -> None:
         assert paths.parse_run_name(paths.run_name(stage, target)) == (stage, target)
     assert paths.model_run_names("teacher") == ("eval@teacher", "teacher")
     assert paths.model_run_names("it2") == ("eval@it2", "student@it2")
+
+
+def _stage_outputs(stage: str, target: str | None = None) -> set[Path]:
+    """Every file or folder a DVC stage writes (``dvc.yaml``'s outs, metrics and plots of that stage)."""
+    training = {
+        paths.model_file(target or paths.TEACHER),
+        paths.curves_file(target or paths.TEACHER),
+        paths.curves_file(target or paths.TEACHER, "png"),
+    }
+    outputs: dict[str, set[Path]] = {
+        "check-params": {paths.PARAMS_CHECK},
+        "prepare": {paths.PREPARED},
+        "teacher": training,
+        "predict": {paths.predictions_dir(str(target))},
+        "filter-balance": {
+            paths.selected_file(str(target)),
+            paths.confidence_plot(str(target)),
+            paths.confidence_bins(str(target)),
+            paths.filter_classes_csv(str(target)),
+        },
+        "student": training,
+        "robustness-data": {paths.ROBUSTNESS_DATA},
+        "eval-FGSM": {
+            paths.fgsm_curve(str(target)),
+            paths.fgsm_curve(str(target), "png"),
+            paths.pgd_curve(str(target)),
+        },
+        "report": {
+            paths.REPORTS / "report.md",
+            *(paths.REPORTS / f"{n}.png" for n in ("accuracy", "ablations", "fgsm", "curves")),
+        },
+    }
+    written = outputs.get(stage, set())
+    # the report and the params check write no DVC metrics file
+    if stage not in ("report", "check-params"):
+        written = written | {paths.metrics_file(stage, target)}
+    return written

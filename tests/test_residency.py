@@ -3,7 +3,7 @@
 A micro prepared folder (``labeled.wds``, ``unlabeled.wds``, ``test.wds`` written by
 :func:`~noisy_student.data.save_imageset`) and a ``selected.parquet`` of pseudo labels with copies go
 through the stage's own assembly (:func:`~noisy_student.training.sources.student_inputs` with
-``data.residency`` memory or stream, then :func:`~noisy_student.training.recipe.training_data`). One
+``data.residency`` memory or stream, its ``train`` source). One
 epoch of either source's :class:`~noisy_student.training.batches.Batches` must hand out the same
 multiset of (image, target) pairs: every labeled image once with its smoothed one-hot target, every
 selected pool image ``copies`` times with its pseudo label.
@@ -25,14 +25,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from noisy_student.config import DataParams, ModelParams, OptimParams, StudentNoiseParams
+from noisy_student.config import DataParams, StudentNoiseParams
 from noisy_student.data import ImageSet, save_imageset
 from noisy_student.data.wds import read_info
 from noisy_student.distributed import World
 from noisy_student.evaluation import images_tensor
 from noisy_student.pseudo_labels.shards import prediction_table
 from noisy_student.training.batches import BatchPlan, TrainData, TrainSource, one_hot
-from noisy_student.training.recipe import RunPlan, training_data
 from noisy_student.training.sources import student_inputs
 from noisy_student.training.streams import StreamedTrainData
 
@@ -81,11 +80,9 @@ class Prepared:
     def source(self, residency: str, workers: int = 0) -> TrainSource:
         """What a student of this folder trains on with ``data.residency: residency``, as the stage builds it."""
         data = DataParams(residency=residency, workers=workers)
-        inputs, stats = student_inputs(self.folder, data, self.selected, K, "soft", threshold=0.0)
+        inputs, stats = student_inputs(self.folder, data, SMOOTHING, self.selected, K, "soft", threshold=0.0)
         assert stats["pseudo_labeled_rows"] == COPIES.sum() and stats["pseudo_labeled_unique"] == len(SELECTED)
-        optim = OptimParams(batch_size=BATCH, label_smoothing=SMOOTHING)
-        plan = RunPlan("student-it1", 0, "cpu", ModelParams(arch="test_resnet"), optim, NOISE, 64, RATIO)
-        return training_data(plan, inputs)
+        return inputs.train
 
     def expected(self) -> tuple[Counter[tuple[bytes, bytes]], Counter[tuple[bytes, bytes]]]:
         """One epoch's (image, target) pairs from the arrays written: labeled ones once, selected ``copies`` times."""

@@ -219,7 +219,7 @@ def test_warm_start_starts_from_the_teachers_weights_and_refuses_another_network
     images = rng.integers(0, 256, (8, 16, 16), dtype=np.uint8)
     n = len(images)
     labeled = ImageSet(images, np.arange(n) % 2, np.arange(n), np.full(n, "test"))
-    inputs = TrainingInputs(labeled, labeled, num_classes=2)
+    inputs = TrainingInputs.in_memory(labeled, labeled, num_classes=2)
     teacher, _ = build_model(_warm_plan("test_resnet", warm=False), inputs)
     with torch.no_grad():  # a teacher that is not the student's own seeded initialisation
         for p in teacher.parameters():

@@ -7,6 +7,7 @@ Shard folders are written here with webdataset's TarWriter in the layout ``prepa
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from collections import Counter
@@ -27,8 +28,8 @@ from noisy_student.models import create_classifier
 from noisy_student.pseudo_labels.targets import SelectedImages
 from noisy_student.seeds import seed_everything
 from noisy_student.training import streams
-from noisy_student.training.batches import BatchPlan, MemoryBatches, TrainData, one_hot
-from noisy_student.training.loop import epoch_steps, train_classifier
+from noisy_student.training.batches import BatchPlan, MemoryBatches, TrainData, batches_per_epoch, one_hot
+from noisy_student.training.loop import train_classifier
 from noisy_student.training.streams import PseudoStream, StreamedBatches, StreamedTrainData
 
 NOISE = StudentNoiseParams(randaugment_num_ops=1, randaugment_magnitude=5, dropout=0.1, stochastic_depth=0.1)
@@ -135,7 +136,7 @@ def _labeled_epoch(batches: StreamedBatches, epoch: int, shards: Shards) -> list
     """The labeled ids of this rank's epoch ``epoch`` (``BATCH`` a step), checking each target."""
     batches.begin_epoch(epoch, 0)
     ids = []
-    for _ in range(epoch_steps(shards.data(), BATCH * batches.world.size)):
+    for _ in range(batches_per_epoch(shards.data().num_labeled, BATCH * batches.world.size)):
         (x, t), pseudo = batches.next()
         assert pseudo is None
         assert x.dtype == torch.uint8 and x.shape == (BATCH, 1, 16, 16), "raw images: the loop augments them"
@@ -240,7 +241,11 @@ def test_streamed_training_takes_the_steps_of_the_same_data_in_memory(
         torch.from_numpy(shards.labeled_images).unsqueeze(1), one_hot(shards.labels, 2, smoothing=SMOOTHING)
     )
     streamed = shards.data(pseudo=False)
-    assert epoch_steps(memory, BATCH) == epoch_steps(streamed, BATCH) == N_LABELED // BATCH
+    assert (
+        batches_per_epoch(memory.num_labeled, BATCH)
+        == batches_per_epoch(streamed.num_labeled, BATCH)
+        == N_LABELED // BATCH
+    )
     calls: Counter[str] = Counter()
     for cls in (MemoryBatches, StreamedBatches):
         original = cls.next
@@ -379,12 +384,18 @@ def test_two_gloo_ranks_read_disjoint_shards_and_resume_exactly(shards: Shards, 
         torch.testing.assert_close(out["resumed"][key], value, rtol=0, atol=0, msg=key)
 
 
-def test_the_content_key_changes_with_the_pseudo_labels(shards: Shards) -> None:
+def _content(data: StreamedTrainData) -> str:
+    digest = hashlib.sha256()
+    data.update_digest(digest)
+    return digest.hexdigest()
+
+
+def test_the_content_digest_changes_with_the_pseudo_labels(shards: Shards) -> None:
     data = shards.data()
-    assert data.content_key() == shards.data(workers=2).content_key(), "loader workers are not content"
+    assert _content(data) == _content(shards.data(workers=2)), "loader workers are not content"
     more = SelectedImages(data.pseudo.ids, data.pseudo.shards, data.pseudo.targets, data.pseudo.copies + 1)
     other = StreamedTrainData(data.labeled, N_LABELED, 1, 2, SMOOTHING, unlabeled=data.unlabeled, pseudo=more)
-    assert other.content_key() != data.content_key() != shards.data(pseudo=False).content_key()
+    assert _content(other) != _content(data) != _content(shards.data(pseudo=False))
 
 
 def test_every_reader_gets_a_labeled_tar_or_the_run_stops_early(tmp_path: Path) -> None:

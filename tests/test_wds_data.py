@@ -25,11 +25,10 @@ from noisy_student.data.wds import (
     INFO_FILE,
     WdsDataError,
     WdsSample,
+    WdsWriter,
     iter_tar,
     read_info,
     split_path,
-    tar_paths,
-    write_wds_samples,
 )
 from tests.conftest import FASHION_MNIST, ROOT, micro_params, run
 from tests.test_folders import make_tree
@@ -59,6 +58,13 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def _write(folder: Path, samples: list[WdsSample]) -> None:
+    """Samples written one by one as split ``test``, two per tar."""
+    with WdsWriter(folder, "test", 2) as writer:
+        for sample in samples:
+            writer.write(sample)
+
+
 @pytest.mark.parametrize("channels", [1, 3])
 def test_round_trip_and_info(tmp_path: Path, channels: int) -> None:
     data = _imageset(11, channels)
@@ -74,7 +80,7 @@ def test_round_trip_and_info(tmp_path: Path, channels: int) -> None:
             "labeled": {"name": "labeled", "num_samples": 11, "filenames": list(names), "shard_lengths": [4, 4, 3]}
         },
     }
-    assert read_info(folder) == info and tar_paths(folder) == [folder / n for n in names]
+    assert read_info(folder) == info and read_info(folder).paths(folder) == [folder / n for n in names]
     _assert_same(data, load_imageset(folder))
     assert not [p for p in tmp_path.iterdir() if p.name != "labeled.wds"]  # no temporary folder left
 
@@ -89,7 +95,9 @@ def test_tar_members_and_iter_tar_order(tmp_path: Path) -> None:
         assert tar.extractfile(members[0]).read() == str(data.labels[0]).encode("ascii")
         meta = json.loads(tar.extractfile(members[1]).read())
         assert meta == {"id": int(first), "label": int(data.labels[0]), "source": "fashion_mnist"}
-    samples = [s for path in tar_paths(tmp_path / "unlabeled.wds") for s in iter_tar(path)]
+    samples = [
+        s for path in read_info(tmp_path / "unlabeled.wds").paths(tmp_path / "unlabeled.wds") for s in iter_tar(path)
+    ]
     assert [s.key for s in samples] == [f"{i:010d}" for i in data.ids]
     for row, s in enumerate(samples):
         assert isinstance(s, WdsSample) and s.image.dtype == np.uint8 and s.image.shape == (9, 7, 3)
@@ -110,11 +118,11 @@ def test_same_images_same_bytes_and_rewrite_replaces(tmp_path: Path) -> None:
     # a failed write leaves the earlier folder untouched
     bad = [WdsSample.of(np.zeros((4, 4), np.uint8), 0, 1, "x"), WdsSample.of(np.zeros((5, 4), np.uint8), 0, 2, "x")]
     with pytest.raises(ValueError, match=r"expected every image of the split to have the first one's \(4, 4\)"):
-        write_wds_samples(a, "test", bad, 2)
+        _write(a, bad)
     assert read_info(a).num_samples == 3
     assert sorted(p.name for p in a.parent.iterdir()) == ["test.wds"]  # no temporary folder left
     with pytest.raises(ValueError, match="written twice"):
-        write_wds_samples(tmp_path / "c.wds", "test", [bad[0], bad[0]], 2)
+        _write(tmp_path / "c.wds", [bad[0], bad[0]])
     # an unrelated folder is never replaced
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.txt").write_text("precious")

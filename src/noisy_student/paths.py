@@ -140,29 +140,3 @@ def parse_run_name(name: str) -> tuple[str, str | None]:
 def model_run_names(model: str) -> tuple[str, str]:
     """The eval run and the training run of a model, in the order the report prefers their top-1."""
     return run_name("eval", model), (TEACHER if model == TEACHER else run_name("student", model))
-
-
-def stage_outputs(stage: str, target: str | None = None) -> set[Path]:
-    """Every file or folder a DVC stage writes (``dvc.yaml``'s outs, metrics and plots of that stage)."""
-    training = {model_file(target or TEACHER), curves_file(target or TEACHER), curves_file(target or TEACHER, "png")}
-    outputs: dict[str, set[Path]] = {
-        "check-params": {PARAMS_CHECK},
-        "prepare": {PREPARED},
-        "teacher": training,
-        "predict": {predictions_dir(str(target))},
-        "filter-balance": {
-            selected_file(str(target)),
-            confidence_plot(str(target)),
-            confidence_bins(str(target)),
-            filter_classes_csv(str(target)),
-        },
-        "student": training,
-        "robustness-data": {ROBUSTNESS_DATA},
-        "eval-FGSM": {fgsm_curve(str(target)), fgsm_curve(str(target), "png"), pgd_curve(str(target))},
-        "report": {REPORTS / "report.md", *(REPORTS / f"{n}.png" for n in ("accuracy", "ablations", "fgsm", "curves"))},
-    }
-    written = outputs.get(stage, set())
-    # the report and the params check write no DVC metrics file
-    if stage not in ("report", "check-params"):
-        written = written | {metrics_file(stage, target)}
-    return written

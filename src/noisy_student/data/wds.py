@@ -31,7 +31,7 @@ import shutil
 import sys
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +49,7 @@ DEFAULT_SHARD_SIZE = 10240  # data.wds_shard_size's default
 KEY_DIGITS = 10
 _PNG_MODES = {1: "L", 3: "RGB"}
 # fixed tar metadata: the bytes of a tar depend on its samples only
-_TAR_MTIME = 0.0
+_TAR_MTIME = 0  # an int: a float mtime makes tarfile add a PAX header (1 KiB) to every member
 _TAR_OWNER = "noisy-student"
 
 
@@ -274,27 +274,17 @@ class WdsWriter:
         self.info = info
 
 
-def write_wds_samples(folder: str | Path, split: str, samples: Iterable[WdsSample], shard_size: int) -> WdsInfo:
-    """Write ``samples`` (any iterable, consumed once) as the split folder ``folder``; return its info."""
-    with WdsWriter(folder, split, shard_size) as writer:
-        for sample in samples:
-            writer.write(sample)
-    assert writer.info is not None
-    return writer.info
-
-
-def imageset_samples(data: ImageSet) -> Iterator[WdsSample]:
-    """The rows of an ImageSet as samples, in row order."""
-    for image, label, image_id, source in zip(data.images, data.labels, data.ids, data.source, strict=True):
-        yield WdsSample.of(image, int(label), int(image_id), str(source))
-
-
 def save_imageset(folder: str | Path, data: ImageSet, shard_size: int = DEFAULT_SHARD_SIZE) -> WdsInfo:
     """Write an in-memory split as the folder ``folder`` (``<split>-NNNNNN.tar`` + ``_info.json``), atomically.
 
-    The split is named after the folder: ``data/prepared/labeled.wds`` holds split ``labeled``.
+    The split is named after the folder (``data/prepared/labeled.wds`` holds split ``labeled``); samples
+    keep the rows' order.
     """
-    return write_wds_samples(folder, Path(folder).stem, imageset_samples(data), shard_size)
+    with WdsWriter(folder, Path(folder).stem, shard_size) as writer:
+        for image, label, image_id, source in zip(data.images, data.labels, data.ids, data.source, strict=True):
+            writer.write(WdsSample.of(image, int(label), int(image_id), str(source)))
+    assert writer.info is not None
+    return writer.info
 
 
 # --- reading ---------------------------------------------------------------------------------------
@@ -347,11 +337,6 @@ def read_info(folder: str | Path, split: str | None = None) -> WdsInfo:
         if not tar.is_file():
             raise FileNotFoundError(f"{tar}: listed in {path} but missing; expected the split's tar file")
     return info
-
-
-def tar_paths(folder: str | Path) -> list[Path]:
-    """The tar files of a split folder in sample order (input shard j = the j-th), checked by :func:`read_info`."""
-    return read_info(folder).paths(folder)
 
 
 def decode_png(data: bytes, where: str) -> np.ndarray:

@@ -13,7 +13,6 @@ device, augments and normalises them there, in one place for both sources. ``bat
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -207,10 +206,3 @@ class MemoryBatches:
 
     def close(self) -> None:
         """Nothing to release."""
-
-
-def data_key(plan_json: str, data: TrainSource) -> str:
-    """A short hash of a run's plan (as JSON) and of what it trains on: what a resume file is valid for."""
-    digest = hashlib.sha256(plan_json.encode())
-    data.update_digest(digest)
-    return digest.hexdigest()[:16]

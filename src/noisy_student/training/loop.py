@@ -206,11 +206,6 @@ class _DeviceBatches:
         return self._prepared(labeled, self.augment), self._prepared(unlabeled, self.augment_unlabeled), images
 
 
-def epoch_steps(data: TrainSource, batch_size: int) -> int:
-    """Optimizer updates per epoch: full global batches of the labeled set."""
-    return batches_per_epoch(data.num_labeled, batch_size)
-
-
 def train_classifier(
     model: ImageClassifier,
     data: TrainSource,
@@ -272,7 +267,7 @@ def train_classifier(
     task = NoisyStudentTask(model, unlabeled_model_noise=pseudo.unlabeled_model_noise, device=device)
     if optim.ema_decay > 0:
         task.setup_ema(decay=optim.ema_decay, use_warmup=True)  # of the plain module, before any wrapping
-    steps_per_epoch = epoch_steps(data, optim.batch_size)
+    steps_per_epoch = batches_per_epoch(data.num_labeled, optim.batch_size)
     optimizer, scheduler = _optimization(model, optim, steps_per_epoch)
     resume = _Resume(checkpoint_path, checkpoint_key, task, optimizer, source, device, world)
     progress = resume.load()

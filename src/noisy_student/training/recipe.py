@@ -18,6 +18,7 @@ torchrun, :mod:`noisy_student.distributed`); rank 0 evaluates and gets the metri
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Mapping
@@ -38,10 +39,9 @@ from noisy_student.io import atomic_path
 from noisy_student.models import ImageClassifier, ModelSpec, check_student_size, create_classifier, save_checkpoint
 from noisy_student.paths import training_name
 from noisy_student.seeds import seed_everything, seed_for
-from noisy_student.training.batches import TrainData, TrainSource, data_key, one_hot
+from noisy_student.training.batches import TrainData, TrainSource, one_hot
 from noisy_student.training.fixres import fixres_finetune
 from noisy_student.training.loop import EpochCallback, train_classifier
-from noisy_student.training.streams import StreamedTrainData
 
 
 class PlanError(ValueError):
@@ -109,7 +109,7 @@ class RunPlan:
         )
 
     def key(self, data: TrainSource) -> str:
-        """A short hash of the plan and of what it trains on (:func:`~noisy_student.training.batches.data_key`).
+        """A short hash of the plan and of what it trains on (its source's digest): what a resume file is valid for.
 
         The distributed fields count only when they are not the single process's defaults, so a
         one-process run keeps the key it always had.
@@ -118,7 +118,9 @@ class RunPlan:
         for name, single in (("processes", 1), ("sync_batchnorm", False)):
             if plan[name] == single:
                 del plan[name]
-        return data_key(json.dumps(_jsonable(plan), sort_keys=True), data)
+        digest = hashlib.sha256(json.dumps(_jsonable(plan), sort_keys=True).encode())
+        data.update_digest(digest)
+        return digest.hexdigest()[:16]
 
 
 def _jsonable(value: Any) -> Any:
@@ -133,33 +135,34 @@ def _jsonable(value: Any) -> Any:
 class TrainingInputs:
     """What a run trains and evaluates on.
 
-    ``labeled`` / ``test``: uint8 image sets; ``unlabeled_images``: uint8
-    ``(N, C, H, W)`` pseudo-labeled rows (repeated as filter-balance says),
-    ``unlabeled_targets``: their ``(N, K)`` float targets (None for a teacher).
-
-    Streamed (``data.residency: stream``): ``labeled`` is None and ``streamed`` names the shard folders
-    and the keyed pseudo labels; ``normalization`` is the labeled split's per-channel
-    ``(mean, std)`` in 0..1 (:func:`~noisy_student.training.sources.shard_channel_stats`). The test
-    set stays in memory either way.
+    ``train``: the training source, held in memory (:class:`~noisy_student.training.batches.TrainData`)
+    or streamed from the tars (:class:`~noisy_student.training.streams.StreamedTrainData`), its labeled
+    targets one-hot with the run's label smoothing; ``test``: the test set (in memory either way);
+    ``normalization``: the labeled images' per-channel ``(mean, std)`` in 0..1; ``channels``: 1 or 3.
     """
 
-    labeled: ImageSet | None
+    train: TrainSource
     test: ImageSet
     num_classes: int
-    unlabeled_images: torch.Tensor | None = None
-    unlabeled_targets: torch.Tensor | None = None
-    streamed: StreamedTrainData | None = None
-    normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    normalization: tuple[tuple[float, ...], tuple[float, ...]]
+    channels: int
 
-    def __post_init__(self) -> None:
-        if (self.labeled is None) == (self.streamed is None):
-            raise ValueError("TrainingInputs: give the labeled image set or the streamed data, not both or neither")
-        if self.streamed is not None and self.normalization is None:
-            raise ValueError("TrainingInputs: streamed data needs the labeled split's normalization (mean, std)")
-
-    @property
-    def channels(self) -> int:
-        return self.streamed.channels if self.streamed is not None else self.labeled.channels  # type: ignore[union-attr]
+    @classmethod
+    def in_memory(
+        cls,
+        labeled: ImageSet,
+        test: ImageSet,
+        num_classes: int,
+        smoothing: float = 0.0,
+        unlabeled: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> TrainingInputs:
+        """``labeled`` held as host tensors, with ``unlabeled``'s pseudo-labeled uint8 images ``(N, C, H, W)``
+        and float targets ``(N, K)`` (a student's, repeated as filter-balance says)."""
+        images, targets = unlabeled or (None, None)
+        train = TrainData(
+            images_tensor(labeled.images), one_hot(labeled.labels, num_classes, smoothing), images, targets
+        )
+        return cls(train, test, num_classes, channel_stats(labeled.images), labeled.channels)
 
 
 @dataclass
@@ -199,11 +202,7 @@ def build_model(
     plan: RunPlan, inputs: TrainingInputs, warm_start: Mapping[str, torch.Tensor] | None = None
 ) -> tuple[ImageClassifier, ModelSpec]:
     """The freshly initialised network of ``plan`` (seeded), size-checked and warm-started as planned."""
-    if inputs.normalization is not None:
-        mean, std = inputs.normalization
-    else:
-        assert inputs.labeled is not None
-        mean, std = channel_stats(inputs.labeled.images)
+    mean, std = inputs.normalization
     seed_everything(seed_for(plan.seed, "init"))
     model, spec = create_classifier(
         plan.model,
@@ -231,24 +230,6 @@ def build_model(
     return model, spec
 
 
-def training_data(plan: RunPlan, inputs: TrainingInputs) -> TrainSource:
-    """The tensors the loop trains on: uint8 labeled images with their (smoothed) one-hot targets, and
-    the pseudo-labeled rows; or the shard folders it streams, with the plan's label smoothing."""
-    if inputs.streamed is not None:
-        return replace(inputs.streamed, label_smoothing=plan.optim.label_smoothing)
-    assert inputs.labeled is not None
-    return TrainData(
-        images_tensor(inputs.labeled.images),
-        one_hot(inputs.labeled.labels, inputs.num_classes, smoothing=plan.optim.label_smoothing),
-        inputs.unlabeled_images,
-        inputs.unlabeled_targets,
-    )
-
-
-def _ignore(record: dict[str, float]) -> None:
-    pass
-
-
 def train_model(
     plan: RunPlan,
     inputs: TrainingInputs,
@@ -272,7 +253,7 @@ def train_model(
             "run the stage command as it is (it starts torchrun itself when processes > 1)"
         )
     if not world.main:
-        on_epoch = _ignore  # rank 0 reports every epoch
+        on_epoch = lambda record: None  # noqa: E731  (rank 0 reports every epoch)
     device = distributed.rank_device(resolve_device(plan.device))
     amp_dtype, eval_dtype = resolve_precision(plan.precision, device), inference_dtype(plan.precision, device)
     model, spec = build_model(plan, inputs, warm_start)
@@ -283,7 +264,7 @@ def train_model(
         acc = topk_accuracy(logits, inputs.test.labels)
         return {"test_top1": acc["top1"], "test_top5": acc["top5"]}
 
-    data = training_data(plan, inputs)
+    data = inputs.train
     key = key or plan.key(data)
     start = time.perf_counter()
     final, history = train_classifier(

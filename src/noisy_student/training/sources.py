@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from noisy_student.config import DataParams
-from noisy_student.data import class_count, load_imageset
+from noisy_student.data import ImageSet, class_count, load_imageset
 from noisy_student.data.wds import iter_tar, read_info, split_path
 from noisy_student.evaluation import images_tensor
 from noisy_student.pseudo_labels.targets import student_targets
@@ -60,20 +60,20 @@ def shard_channel_stats(folder: Path, max_bytes: int = STATS_BYTES) -> tuple[tup
     return channel_stats(np.stack(images))
 
 
-def teacher_inputs(prepared: Path, data: DataParams) -> TrainingInputs:
-    """The teacher's labeled + test data from ``prepare``'s folder ``prepared``."""
+def teacher_inputs(prepared: Path, data: DataParams, smoothing: float) -> TrainingInputs:
+    """The teacher's labeled + test data from ``prepare``'s folder ``prepared`` (``smoothing``: its label smoothing)."""
     test = load_imageset(split_path(prepared, "test"))
     labeled_path = split_path(prepared, "labeled")
     if residency(prepared, data) == "memory":
         labeled = load_imageset(labeled_path)
-        return TrainingInputs(labeled, test, class_count(prepared, labeled.labels))
-    streamed, stats = _streamed_labeled(labeled_path, class_count(prepared, test.labels), data.workers)
-    return TrainingInputs(None, test, streamed.num_classes, streamed=streamed, normalization=stats)
+        return TrainingInputs.in_memory(labeled, test, class_count(prepared, labeled.labels), smoothing)
+    return _streamed(labeled_path, test, class_count(prepared, test.labels), data.workers, smoothing)
 
 
 def student_inputs(
     prepared: Path,
     data: DataParams,
+    smoothing: float,
     selected: Path,
     num_classes: int,
     mode: Literal["soft", "hard"],
@@ -83,7 +83,7 @@ def student_inputs(
 
     In memory: the selected pool images (found by id) repeated by their copies, as host tensors;
     streamed: the selected ids with their tars, targets and copies, read from the unlabeled tars
-    while training.
+    while training. ``smoothing``: the student's label smoothing (labeled images only).
     """
     test = load_imageset(split_path(prepared, "test"))
     labeled_path, unlabeled_path = split_path(prepared, "labeled"), split_path(prepared, "unlabeled")
@@ -91,19 +91,16 @@ def student_inputs(
     if residency(prepared, data) == "memory":
         labeled, pool = load_imageset(labeled_path), load_imageset(unlabeled_path)
         rows, targets = chosen.rows(pool.ids, selected)
-        inputs = TrainingInputs(labeled, test, num_classes, images_tensor(pool.images[rows]), torch.from_numpy(targets))
-        return inputs, stats
-    streamed, norm = _streamed_labeled(labeled_path, num_classes, data.workers)
-    streamed = replace(streamed, unlabeled=unlabeled_path, pseudo=chosen)
-    return TrainingInputs(None, test, num_classes, streamed=streamed, normalization=norm), stats
+        pseudo = (images_tensor(pool.images[rows]), torch.from_numpy(targets))
+        return TrainingInputs.in_memory(labeled, test, num_classes, smoothing, pseudo), stats
+    inputs = _streamed(labeled_path, test, num_classes, data.workers, smoothing)
+    inputs.train = replace(inputs.train, unlabeled=unlabeled_path, pseudo=chosen)  # type: ignore[type-var]
+    return inputs, stats
 
 
-def _streamed_labeled(
-    folder: Path, num_classes: int, workers: int
-) -> tuple[StreamedTrainData, tuple[tuple[float, ...], tuple[float, ...]]]:
-    """The labeled split as streamed data, and its normalization (one value per channel: the channel count)."""
-    info = read_info(folder)
-    mean, std = shard_channel_stats(folder)
-    channels = len(mean)
-    data = StreamedTrainData(folder, info.num_samples, channels, num_classes, workers=workers, labeled_split=info.split)
-    return data, (mean, std)
+def _streamed(labeled: Path, test: ImageSet, num_classes: int, workers: int, smoothing: float) -> TrainingInputs:
+    """The labeled split streamed, with its normalization (one value per channel: the channel count)."""
+    info = read_info(labeled)
+    mean, std = shard_channel_stats(labeled)
+    train = StreamedTrainData(labeled, info.num_samples, len(mean), num_classes, smoothing, workers, info.split)
+    return TrainingInputs(train, test, num_classes, (mean, std), len(mean))

@@ -28,7 +28,6 @@ out after a shuffle seeded by ``(seed, p)``); ranks move to their next pass inde
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from collections.abc import Iterator
@@ -98,20 +97,15 @@ class StreamedTrainData:
     def labeled_only(self) -> StreamedTrainData:
         return replace(self, unlabeled=None, pseudo=None)
 
-    def update_digest(self, digest: Any) -> None:
-        digest.update(self.content_key().encode())
-
     def labeled_tars(self) -> list[str]:
         """The labeled split's tar names, in ``_info.json`` order."""
-        return split_tars(self.labeled, self.labeled_split)
+        return list(read_info(self.labeled, self.labeled_split).filenames)
 
-    def content_key(self) -> str:
-        """A hash of what this data trains on, for resume keys: the labeled ``_info.json``, every tar read
-        (name, size, modification time: rewritten shards give a new key without reading them), the
+    def update_digest(self, digest: Any) -> None:
+        """Feed what this data trains on into ``digest``, for resume keys: the labeled ``_info.json``, every tar
+        read (name, size, modification time: rewritten shards give a new key without reading them), the
         pseudo labels (ids, tars, targets, copies), channels, classes and smoothing."""
-        digest = hashlib.sha256(
-            json.dumps([self.num_labeled, self.channels, self.num_classes, self.label_smoothing]).encode()
-        )
+        digest.update(json.dumps([self.num_labeled, self.channels, self.num_classes, self.label_smoothing]).encode())
         digest.update((self.labeled / INFO_FILE).read_bytes())
         tars = [(self.labeled, name) for name in self.labeled_tars()]
         if self.pseudo is not None and self.unlabeled is not None:
@@ -123,12 +117,6 @@ class StreamedTrainData:
         for folder, name in tars:
             stat = (folder / name).stat()
             digest.update(f"{folder.name}/{name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
-        return digest.hexdigest()[:16]
-
-
-def split_tars(folder: Path, split: str) -> list[str]:
-    """Tar names of ``split`` in the shard folder ``folder``'s ``_info.json`` (checked by :func:`read_info`)."""
-    return list(read_info(folder, split).filenames)
 
 
 def _mix(*values: int) -> int:
