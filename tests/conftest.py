@@ -17,6 +17,12 @@ ROOT = Path(__file__).resolve().parents[1]
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 PROJECT_FILES = ("src", "stages", "dvc.yaml", "params.yaml", "pyproject.toml", ".dvcignore")
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two pytest workers on the 2-core box: one torch thread each (in these processes and
+    # in the stages they start, unless a test sets its own count), or they oversubscribe the cores
+    os.environ.setdefault("NOISY_STUDENT_THREADS", "1")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 def micro_params(base: dict[str, Any]) -> dict[str, Any]:
     """Shrink the default params to a seconds-long run: tiny arch, few hundred images, one epoch."""
