@@ -228,7 +228,8 @@ def _forbid_distributed(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_one_process_starts_no_torchrun_and_no_process_group(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, one_thread: None
 ) -> None:
-    from stages._train import exclusive_run, other_rank_trains, start_processes
+    from stages._processes import start_processes
+    from stages._train import exclusive_run, other_rank_trains
 
     _forbid_distributed(monkeypatch)
     monkeypatch.setenv("NOISY_STUDENT_ROOT", str(tmp_path))
@@ -251,7 +252,7 @@ def test_one_process_starts_no_torchrun_and_no_process_group(
 
 
 def test_several_processes_rerun_the_stage_under_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:
-    from stages._train import start_processes
+    from stages._processes import start_processes
 
     for name in ("LOCAL_RANK", "WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)
@@ -324,7 +325,7 @@ def test_batch_sizes_must_divide_by_the_processes(monkeypatch: pytest.MonkeyPatc
 
 
 def test_sync_batchnorm_is_refused_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    from stages._train import start_processes
+    from stages._processes import start_processes
 
     p = _params(sync_batchnorm=True)
     p["device"] = "cpu"
