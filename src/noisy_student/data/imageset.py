@@ -30,12 +30,9 @@ class ImageSet:
     source: np.ndarray
 
     def __post_init__(self) -> None:
-        n = len(self.images)
         if self.images.dtype != np.uint8:
             raise ValueError(f"images must be uint8, got {self.images.dtype}")
-        for name in ("labels", "ids", "source"):
-            if len(getattr(self, name)) != n:
-                raise ValueError(f"{name} has {len(getattr(self, name))} rows, images have {n}")
+        check_rows(self, "images", "labels", "ids", "source")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -43,6 +40,14 @@ class ImageSet:
     @property
     def channels(self) -> int:
         return 1 if self.images.ndim == 3 else int(self.images.shape[-1])
+
+
+def check_rows(record: object, first: str, *others: str) -> None:
+    """ValueError unless the array fields ``others`` of ``record`` have as many rows as its field ``first``."""
+    n = len(getattr(record, first))
+    for name in others:
+        if len(getattr(record, name)) != n:
+            raise ValueError(f"{type(record).__name__}.{name} has {len(getattr(record, name))} rows, {first} have {n}")
 
 
 def save_classes(folder: str | Path, names: list[str] | tuple[str, ...]) -> None:

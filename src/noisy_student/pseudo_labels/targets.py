@@ -17,6 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from noisy_student.data.imageset import check_rows
+
 
 class ParquetReadError(ValueError):
     """A Parquet input pyarrow cannot read (truncated, corrupt, not Parquet); the message names the file and the fix."""
@@ -198,10 +200,7 @@ class SelectedImages:
     copies: np.ndarray
 
     def __post_init__(self) -> None:
-        m = len(self.ids)
-        for name in ("shards", "targets", "copies"):
-            if len(getattr(self, name)) != m:
-                raise ValueError(f"SelectedImages.{name} has {len(getattr(self, name))} rows, ids have {m}")
+        check_rows(self, "ids", "shards", "targets", "copies")
 
     def __len__(self) -> int:
         return len(self.ids)

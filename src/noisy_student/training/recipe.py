@@ -186,15 +186,20 @@ def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, .
 
 
 def _append_phase(
-    history: list[dict[str, float]], tuned: list[dict[str, float]], offset: int, phase: float, on_epoch: EpochCallback
+    history: list[dict[str, float]],
+    tuned: list[dict[str, float]],
+    offset: int,
+    phase: float,
+    on_epoch: EpochCallback | None,
 ) -> None:
     """Append a later phase's records: epochs continue after ``offset``, every record carries its ``phase``
-    (0 = the main run), and each new one is passed to ``on_epoch``."""
+    (0 = the main run), and each new one is passed to ``on_epoch`` (None: reported by another rank)."""
     for record in history:
         record.setdefault("phase", 0.0)
     for record in tuned:
         record.update(epoch=record["epoch"] + offset, phase=phase)
-        on_epoch(record)
+        if on_epoch is not None:
+            on_epoch(record)
     history += tuned
 
 
@@ -252,8 +257,7 @@ def train_model(
             f"distributed.processes is {plan.processes} but this process is one of {world.size}: "
             "run the stage command as it is (it starts torchrun itself when processes > 1)"
         )
-    if not world.main:
-        on_epoch = lambda record: None  # noqa: E731  (rank 0 reports every epoch)
+    report = on_epoch if world.main else None  # rank 0 reports every epoch
     device = distributed.rank_device(resolve_device(plan.device))
     amp_dtype, eval_dtype = resolve_precision(plan.precision, device), inference_dtype(plan.precision, device)
     model, spec = build_model(plan, inputs, warm_start)
@@ -280,7 +284,7 @@ def train_model(
         checkpoint_path=checkpoints / f"{plan.name}-{key}.pt",
         checkpoint_key=key,
         eval_fn=eval_fn,
-        on_epoch=on_epoch,
+        on_epoch=report,
         desc=plan.name if not plan.finetune_epochs else f"{plan.name} pretrain",
         sync_batchnorm=plan.sync_batchnorm,
     )
@@ -299,7 +303,7 @@ def train_model(
             desc=f"{plan.name} finetune",
             sync_batchnorm=plan.sync_batchnorm,
         )
-        _append_phase(history, tuned, plan.optim.epochs, 1.0, on_epoch)
+        _append_phase(history, tuned, plan.optim.epochs, 1.0, report)
     if plan.fixres is not None:
         final, tuned = fixres_finetune(
             final,
@@ -314,7 +318,7 @@ def train_model(
             eval_fn=eval_fn,
             desc=f"{plan.name} fixres {plan.fixres.image_size}px",
         )
-        _append_phase(history, tuned, plan.optim.epochs + plan.finetune_epochs, 2.0, on_epoch)
+        _append_phase(history, tuned, plan.optim.epochs + plan.finetune_epochs, 2.0, report)
         spec = replace(spec, input_size=plan.fixres.image_size)
     final = final.cpu().eval()
     frame = pd.DataFrame(history)

@@ -11,7 +11,6 @@ alone, which timm's wds reader cannot do without duplicates).
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,7 +21,7 @@ from noisy_student.config import DataParams
 from noisy_student.data import ImageSet, class_count, load_imageset
 from noisy_student.data.wds import iter_tar, read_info, split_path
 from noisy_student.evaluation import images_tensor
-from noisy_student.pseudo_labels.targets import student_targets
+from noisy_student.pseudo_labels.targets import SelectedImages, student_targets
 from noisy_student.training.recipe import TrainingInputs, channel_stats
 from noisy_student.training.streams import StreamedTrainData
 
@@ -93,14 +92,23 @@ def student_inputs(
         rows, targets = chosen.rows(pool.ids, selected)
         pseudo = (images_tensor(pool.images[rows]), torch.from_numpy(targets))
         return TrainingInputs.in_memory(labeled, test, num_classes, smoothing, pseudo), stats
-    inputs = _streamed(labeled_path, test, num_classes, data.workers, smoothing)
-    inputs.train = replace(inputs.train, unlabeled=unlabeled_path, pseudo=chosen)  # type: ignore[type-var]
-    return inputs, stats
+    return _streamed(labeled_path, test, num_classes, data.workers, smoothing, unlabeled_path, chosen), stats
 
 
-def _streamed(labeled: Path, test: ImageSet, num_classes: int, workers: int, smoothing: float) -> TrainingInputs:
-    """The labeled split streamed, with its normalization (one value per channel: the channel count)."""
+def _streamed(
+    labeled: Path,
+    test: ImageSet,
+    num_classes: int,
+    workers: int,
+    smoothing: float,
+    unlabeled: Path | None = None,
+    pseudo: SelectedImages | None = None,
+) -> TrainingInputs:
+    """The labeled split (and a student's selected pool images) streamed, with the labeled split's
+    normalization (one value per channel: the channel count)."""
     info = read_info(labeled)
     mean, std = shard_channel_stats(labeled)
-    train = StreamedTrainData(labeled, info.num_samples, len(mean), num_classes, smoothing, workers, info.split)
+    train = StreamedTrainData(
+        labeled, info.num_samples, len(mean), num_classes, smoothing, workers, info.split, unlabeled, pseudo
+    )
     return TrainingInputs(train, test, num_classes, (mean, std), len(mean))
