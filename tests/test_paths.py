@@ -47,6 +47,7 @@ def _stage_outputs(stage: str, target: str | None = None) -> set[Path]:
         },
         "student": training,
         "robustness-data": {paths.ROBUSTNESS_DATA},
+        "eval": {paths.test_predictions(str(target))},
         "eval-FGSM": {
             paths.fgsm_curve(str(target)),
             paths.fgsm_curve(str(target), "png"),

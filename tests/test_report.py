@@ -298,6 +298,16 @@ def _metrics_folder(root: Path) -> Path:
     _write(m / "filter-it1.json", {"total": 600, "unique": 550})
     _write(m / "predict-it2.json", {"pseudo_label_accuracy": 0.81})
     _write(m / "filter-it2.json", {"total": 620, "unique": 560})
+    # per-image answers of the teacher (right on ids 0-159) and it1 (right on 4-167, rows in another order):
+    # it1 alone right on 8 images, the teacher alone on 4; it2's file is missing
+    labels = [i % 10 for i in range(200)]
+    for model, right in (("teacher", range(160)), ("it1", range(4, 168))):
+        rows = [(i, labels[i], labels[i] if i in right else (labels[i] + 1) % 10) for i in range(200)]
+        if model == "it1":
+            rows.reverse()
+        (m / "predictions").mkdir(exist_ok=True)
+        frame = pd.DataFrame(rows, columns=["id", "label", "prediction"])
+        frame.to_csv(m / "predictions" / f"eval-{model}.csv", index=False)
     return m
 
 
@@ -353,8 +363,8 @@ def test_report_entry_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         assert f"]({png})" in text  # linked relative to the report
     # the three tables, parsed back from the Markdown
     tables = [pd.read_csv(_pipe_table(block), sep="|") for block in text.split("\n\n") if block.startswith("| ")]
-    assert len(tables) == 3, text
-    summary, iterations, ablations = (t.set_index(t.columns[1 if i < 2 else 0]) for i, t in enumerate(tables))
+    assert len(tables) == 4, text
+    summary, iterations, paired, ablations = (t.set_index(t.columns[1 if i < 3 else 0]) for i, t in enumerate(tables))
     assert list(summary.index) == ["teacher", "it1", "it2"]
     assert (summary["experiment"] == "workspace").all()
     assert summary.loc["it1", "clean top-1 %"] == pytest.approx(82.0)
@@ -367,6 +377,15 @@ def test_report_entry_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert iterations.loc["it2", "pseudo-label acc %"] == pytest.approx(81.0)
     assert iterations.loc["it2", "selected rows"] == 620
     assert iterations.loc["it1", "gain (points)"] == pytest.approx(2.0)
+    # paired: each student against its labeler, and the last student against the first teacher
+    assert list(paired.index) == ["teacher -> it1", "it1 -> it2", "teacher -> it2"]
+    it1 = paired.loc["teacher -> it1"]
+    assert (it1["images"], it1["B only"], it1["A only"]) == (200, 8, 4)
+    assert it1["gain (points)"] == pytest.approx(2.0)
+    assert it1["McNemar p"] == pytest.approx(2 * (1 + 12 + 66 + 220 + 495) / 4096, abs=5e-4)  # 8 of 12, two-sided
+    low, high = (float(v) for v in it1["95 % CI (points)"].strip("[]").split(","))
+    assert low < 2.0 < high and low > -2.5 and high < 6.5  # d's sd ~0.245: about +-3.4 points around 2
+    assert paired.loc["it1 -> it2"].drop("experiment").isna().all()  # it2 has no per-image predictions
     assert list(ablations.index) == ["workspace", "hard-labels"]
     assert ablations.loc["hard-labels", "changed params"] == "pseudo_labels.mode=hard"
     assert ablations.loc["hard-labels", "student top-1 %"] == pytest.approx(81.5)

@@ -198,7 +198,7 @@ def test_evaluation_frequency_does_not_change_the_trained_weights() -> None:
             unlabeled_ratio=2,
             device=torch.device("cpu"),
             seed=0,
-            eval_fn=lambda m: evaluate_classifier(m, test_images, test_labels, 16, torch.device("cpu")),
+            eval_fn=lambda m: evaluate_classifier(m, test_images, test_labels, 16, torch.device("cpu"))[0],
         )
 
     often, often_hist = run(1)

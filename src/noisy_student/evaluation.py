@@ -1,4 +1,4 @@
-"""Clean accuracy: top-k metrics as pure functions, and batched model inference."""
+"""Clean accuracy: top-k metrics and per-image predictions as pure functions, and batched model inference."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -74,6 +75,15 @@ def predict_logits(
     return torch.cat(outs).numpy() if outs else np.zeros((0, 0), np.float32)
 
 
+def per_image_predictions(ids: np.ndarray, labels: np.ndarray, logits: np.ndarray) -> pd.DataFrame:
+    """One row per image: its ``id``, ``label`` and the model's top-1 ``prediction``.
+
+    What the report's paired statistics need (two models' answers on the same images, joined by id)
+    without rerunning either model.
+    """
+    return pd.DataFrame({"id": ids, "label": labels, "prediction": logits.argmax(axis=1) if len(logits) else []})
+
+
 def evaluate_classifier(
     model: nn.Module,
     images: np.ndarray,
@@ -82,7 +92,8 @@ def evaluate_classifier(
     device: torch.device,
     desc: str = "eval",
     amp_dtype: torch.dtype | None = None,
-) -> dict[str, float]:
-    """Clean top-1 / top-5 (fractions 0..1) of ``model`` on uint8 ``images`` ``(N, H, W[, C])`` with ``labels``."""
+) -> tuple[dict[str, float], np.ndarray]:
+    """Clean top-1 / top-5 (fractions 0..1) of ``model`` on uint8 ``images`` ``(N, H, W[, C])`` with ``labels``,
+    and its logits ``(N, K)``."""
     logits = predict_logits(model.to(device), images_tensor(images), batch_size, device, desc=desc, amp_dtype=amp_dtype)
-    return topk_accuracy(logits, labels)
+    return topk_accuracy(logits, labels), logits

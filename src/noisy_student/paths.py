@@ -113,6 +113,11 @@ def pgd_curve(model: str, metrics: Path = METRICS) -> Path:
     return metrics / "robustness" / f"pgd-{model}.csv"
 
 
+def test_predictions(model: str, metrics: Path = METRICS) -> Path:
+    """Per-image top-1 predictions of a model on the test set (CSV ``id,label,prediction``), written by ``eval``."""
+    return metrics / "predictions" / f"eval-{model}.csv"
+
+
 def confidence_plot(iteration: str, metrics: Path = METRICS) -> Path:
     return metrics / "plots" / f"confidence-{iteration}.png"
 

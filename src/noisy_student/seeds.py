@@ -30,6 +30,8 @@ STREAMS: dict[str, int] = {
     "reference_model": 0,  # the logistic-regression reference model
     "attack_subset": 20,  # which test images are attacked
     "pgd": 0,  # PGD's random start
+    # report
+    "bootstrap": 40,  # test-image resamples of the paired gain intervals
 }
 
 

@@ -12,8 +12,15 @@ from noisy_student.config import Params
 from noisy_student.io import atomic_path
 from noisy_student.report.charts import ablation_plot, accuracy_plot, curves_plot, fgsm_comparison
 from noisy_student.report.history import mlflow_runs, training_histories
-from noisy_student.report.inputs import iteration_inputs, model_metrics
-from noisy_student.report.tables import BASELINE, ablation_table, iteration_table, ordered_models, summary_table
+from noisy_student.report.inputs import iteration_inputs, model_metrics, paired_gains
+from noisy_student.report.tables import (
+    BASELINE,
+    ablation_table,
+    iteration_table,
+    ordered_models,
+    paired_table,
+    summary_table,
+)
 from noisy_student.tracking import flatten
 
 # the paper's small, medium and large FGSM budgets (0..255 pixel units), shown where they were evaluated
@@ -29,10 +36,12 @@ class Report:
 
 
 def _md(table: pd.DataFrame) -> str:
-    """A frame as a Markdown pipe table (2 decimals), or a placeholder line when it has no rows."""
+    """A frame as a Markdown pipe table (2 decimals; p-values, which span decades, 3 significant digits),
+    or a placeholder line when it has no rows."""
     if table.empty:
         return "(nothing recorded yet)\n"
-    return table.to_markdown(index=False, floatfmt=".2f") + "\n"
+    formats = [".3g" if str(c).endswith(" p") else ".2f" for c in table.columns]
+    return table.to_markdown(index=False, floatfmt=formats) + "\n"
 
 
 def render(
@@ -41,6 +50,7 @@ def render(
     ablations: pd.DataFrame,
     images: dict[str, str],
     baseline: str = BASELINE,
+    paired: pd.DataFrame | None = None,
 ) -> str:
     """The Markdown document.
 
@@ -56,6 +66,12 @@ def render(
         "Pseudo-label accuracy: the teacher's top-1 on the in-domain unlabeled pool. Selected rows: what the "
         "student trains on after filtering and balancing (with duplicates), unique images: distinct ones.\n",
         _md(iterations),
+        "## Gains on the same test images (paired)\n",
+        "Both models answer the same test images, so their difference is far more certain than either "
+        "accuracy's spread over seeds: 95 % CI = paired bootstrap over the test images (2,000 resamples, "
+        "seeded); B only / A only: images only that model gets right; McNemar p: exact test that those split "
+        "50/50. Empty cells: a model's per-image predictions (metrics/predictions) are missing.\n",
+        _md(paired if paired is not None else pd.DataFrame()),
     ]
     if "accuracy" in images:
         parts.append(f"![accuracy per model]({images['accuracy']})\n")
@@ -100,6 +116,7 @@ def write_report(
     models = ordered_models(params.evaluate)
     summary = summary_table(model_metrics(metrics, models), eps, experiment)
     iterations = iteration_table(iteration_inputs(metrics, params), experiment)
+    paired = paired_table(paired_gains(metrics, params), experiment)
     runs = mlflow_runs(uri, params.tracking.experiment) if mlflow_history else pd.DataFrame()
     # the baseline is this workspace: current params, committed metrics (older runs under its name aside)
     is_workspace = baseline == BASELINE
@@ -119,7 +136,7 @@ def write_report(
     except FileNotFoundError as exc:  # the eval-FGSM stages have not run (outside DVC): report without it
         notes.append(str(exc))
     images = {name: os.path.relpath(plots / f"{name}.png", out.parent) for name in names}
-    text = render(summary, iterations, ablations, images, baseline)
+    text = render(summary, iterations, ablations, images, baseline, paired)
     with atomic_path(out) as tmp:
         tmp.write_text(text)
     return Report(text, notes)

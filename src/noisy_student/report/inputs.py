@@ -13,7 +13,9 @@ from typing import Any
 import pandas as pd
 
 from noisy_student.config import Params
-from noisy_student.paths import TEACHER, metrics_file
+from noisy_student.paths import TEACHER, metrics_file, test_predictions
+from noisy_student.seeds import seed_for
+from noisy_student.statistics import PairedComparison, compare_paired
 from noisy_student.tracking import flatten
 
 # column prefix in the per-model frame -> the stage whose metrics file (paths.metrics_file) fills it
@@ -73,3 +75,33 @@ def iteration_inputs(metrics: Path, params: Params) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+def correct_by_id(metrics: Path, model: str) -> pd.Series | None:
+    """Whether ``model`` classified each test image correctly (index: image id), from ``eval``'s per-image
+    predictions; None when that file has not been written (an older run, or eval has not run)."""
+    path = test_predictions(model, metrics)
+    if not path.is_file():
+        return None
+    frame = pd.read_csv(path)
+    missing = {"id", "label", "prediction"} - set(frame.columns)
+    if missing:
+        raise ValueError(f"{path}: missing columns {sorted(missing)}; expected id, label, prediction")
+    return (frame["prediction"] == frame["label"]).set_axis(frame["id"])
+
+
+def paired_gains(metrics: Path, params: Params) -> list[tuple[str, PairedComparison | None]]:
+    """Each student against the model that labeled its pool, and the last student against the first teacher,
+    on the same test images (joined by id): label ``"teacher -> it1"`` and its comparison, None where a
+    model's per-image predictions are missing or the two were scored on different images."""
+    pairs = [(it.teacher, name) for name, it in params.iterations.items()]
+    last = list(params.iterations)[-1] if params.iterations else None
+    if last is not None and params.iterations[last].teacher != TEACHER:
+        pairs.append((TEACHER, last))
+    out = []
+    for a, b in pairs:
+        ca, cb = correct_by_id(metrics, a), correct_by_id(metrics, b)
+        same = ca is not None and cb is not None and len(ca) == len(cb) and set(ca.index) == set(cb.index)
+        seed = seed_for(params.seed, "bootstrap")
+        out.append((f"{a} -> {b}", compare_paired(ca.to_numpy(), cb[ca.index].to_numpy(), seed=seed) if same else None))
+    return out

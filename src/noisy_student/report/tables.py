@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from noisy_student.paths import TEACHER, model_run_names, natural_key, parse_run_name
+from noisy_student.statistics import PairedComparison
 
 NAN = float("nan")
 BASELINE = "workspace"  # the dvc_exp tag of runs made by a plain `dvc repro` (no DVC experiment)
@@ -100,6 +101,27 @@ def iteration_table(iterations: pd.DataFrame, experiment: str = BASELINE) -> pd.
     )
     out.insert(6, "gain (points)", out["student top-1 %"] - out["teacher top-1 %"])
     return out.reset_index(drop=True)
+
+
+def paired_table(comparisons: Sequence[tuple[str, PairedComparison | None]], experiment: str = BASELINE) -> pd.DataFrame:
+    """One row per comparison of two models on the same test images: both top-1, the gain with its paired
+    bootstrap 95 % interval (points), the images only one of them gets right, and McNemar's exact p."""
+    rows = []
+    for label, c in comparisons:
+        row: dict[str, Any] = {"experiment": experiment, "models (A -> B)": label}
+        if c is not None:
+            row |= {
+                "images": c.images,
+                "A top-1 %": 100 * c.accuracy_a,
+                "B top-1 %": 100 * c.accuracy_b,
+                "gain (points)": 100 * c.gain,
+                "95 % CI (points)": f"[{100 * c.ci_low:+.2f}, {100 * c.ci_high:+.2f}]",
+                "B only": c.b_only,
+                "A only": c.a_only,
+                "McNemar p": c.p_mcnemar,
+            }
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def _latest_per_name(runs: pd.DataFrame) -> pd.DataFrame:
