@@ -103,7 +103,9 @@ def iteration_table(iterations: pd.DataFrame, experiment: str = BASELINE) -> pd.
     return out.reset_index(drop=True)
 
 
-def paired_table(comparisons: Sequence[tuple[str, PairedComparison | None]], experiment: str = BASELINE) -> pd.DataFrame:
+def paired_table(
+    comparisons: Sequence[tuple[str, PairedComparison | None]], experiment: str = BASELINE
+) -> pd.DataFrame:
     """One row per comparison of two models on the same test images: both top-1, the gain with its paired
     bootstrap 95 % interval (points), the images only one of them gets right, and McNemar's exact p."""
     rows = []
