@@ -18,7 +18,7 @@ quick: setup
 
 ## make test: install everything, then run the lint (make lint) and the test suite
 test: lint
-	python -m pytest -n 2
+	python -m pytest -n 2 --dist loadgroup
 
 lint: setup
 	ruff check .

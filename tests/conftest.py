@@ -110,3 +110,36 @@ def micro_project(tmp_path: Path) -> Path:
         pytest.fail(f"{FASHION_MNIST} missing: the test setup installs dataset-fashion-mnist (make test)")
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
     return make_project(tmp_path, micro_params(base))
+
+
+# the end-to-end tests that start from one reproduced micro pipeline run in one xdist group (`make test` runs
+# `pytest --dist loadgroup`): one worker builds the pipeline once and runs them all, the other worker takes
+# every other test meanwhile
+REPRODUCED = pytest.mark.xdist_group("reproduced-micro")
+
+
+@pytest.fixture(scope="session")
+def _reproduced_micro(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The micro project after one real ``dvc repro`` (the default iteration it1), and that repro's output."""
+    if not FASHION_MNIST.is_dir():
+        pytest.fail(f"{FASHION_MNIST} missing: the test setup installs dataset-fashion-mnist (make test)")
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    repo = make_project(tmp_path_factory.mktemp("reproduced"), micro_params(base))
+    out = run([sys.executable, "-m", "dvc", "repro"], repo).stdout
+    return repo, out
+
+
+@pytest.fixture
+def reproduced_micro(_reproduced_micro: tuple[Path, str], tmp_path: Path) -> tuple[Path, str]:
+    """A private copy of the reproduced micro project (outputs, DVC cache, git history, MLflow store) and the
+    output of the ``dvc repro`` that built it; its default remote is ``tmp_path/remote``.
+
+    The copy's MLflow experiment keeps the original's artifact folder (MLflow stores it as an absolute URI):
+    runs logged in the copy put their artifacts there, under their own run ids.
+    """
+    original, out = _reproduced_micro
+    repo = tmp_path / "repo"
+    shutil.copytree(original, repo, symlinks=True)
+    # --local: .dvc/config.local (git-ignored), so the copy's committed tree stays as the original's
+    run([sys.executable, "-m", "dvc", "remote", "modify", "--local", "local", "url", str(tmp_path / "remote")], repo)
+    return repo, out

@@ -43,7 +43,7 @@ def test_every_command_is_in_a_panel() -> None:
 
 
 def test_tools_are_not_stages_and_live_in_the_library() -> None:
-    assert list(panel(TOOLS)) == ["ui", "shard", "teacher-convergence", "seed-gains"]
+    assert list(panel(TOOLS)) == ["ui", "shard", "teacher-convergence", "seed-gains", "paired"]
     for name, callback in panel(TOOLS).items():
         assert name not in dvc_stages()
         assert callback.__module__ == "noisy_student.cli"
@@ -93,3 +93,35 @@ def test_cli_outside_the_repository(tmp_path: Path) -> None:
     assert TOOLS in result.stdout and PIPELINE not in result.stdout
     for tool in panel(TOOLS):
         assert re.search(rf"│ {tool}\b", result.stdout), tool
+
+
+def _answers(path: Path, right: range, order: int = 1) -> None:
+    rows = [f"{i},{i % 10},{i % 10 if i in right else (i + 1) % 10}" for i in range(100)][::order]
+    path.write_text("id,label,prediction\n" + "\n".join(rows) + "\n")
+
+
+def test_paired_compares_two_models_by_image_id_also_at_a_revision(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    monkeypatch.chdir(tmp_path)
+    for cmd in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"]):
+        subprocess.run(cmd, check=True, capture_output=True)
+    answers = tmp_path / "eval-it1.csv"
+    _answers(answers, range(80))  # 80 % right
+    subprocess.run(["git", "add", "-A"], check=True)
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t"}
+    subprocess.run(["git", "commit", "-qm", "v1"], check=True, env={**env, "GIT_COMMITTER_EMAIL": "t@t"})
+    _answers(answers, range(2, 90), order=-1)  # rows reversed: the join is by id; right on 88, 2 lost, 10 won
+
+    result = CliRunner().invoke(app, ["paired", "HEAD:eval-it1.csv", "eval-it1.csv"])
+    assert result.exit_code == 0, result.output
+    assert "100 images: A 80.00 %, B 88.00 %, gain +8.00 points" in result.output
+    assert "B only 10, A only 2, McNemar p = 0.0386" in result.output  # 2 * P(X <= 2 | 12, 1/2) = 2 * 79 / 4096
+
+    (tmp_path / "other.csv").write_text("id,label,prediction\n0,1,1\n")
+    result = CliRunner().invoke(app, ["paired", "eval-it1.csv", "other.csv"])
+    assert result.exit_code == 2 and "hold different test images" in result.output
+    result = CliRunner().invoke(app, ["paired", "nope:eval-it1.csv", "eval-it1.csv"])
+    assert result.exit_code == 2 and "nope:eval-it1.csv: cannot read per-image predictions" in result.output

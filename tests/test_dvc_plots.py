@@ -18,7 +18,7 @@ from noisy_student import paths
 from noisy_student.pseudo_labels.select import confidence_bins, write_table
 from noisy_student.report.charts import confidence_histogram
 from noisy_student.robustness.evaluate import AttackResult, save_attack_curve
-from tests.conftest import make_project, micro_params, run
+from tests.conftest import REPRODUCED, make_project, micro_params, run
 
 DVC = [sys.executable, "-m", "dvc"]
 
@@ -116,12 +116,11 @@ def _series(spec: dict[str, Any]) -> dict[tuple[str, str], list[float]]:
 
 
 @pytest.mark.slow
-def test_plots_diff_overlays_two_experiments(micro_project: Path) -> None:
-    repo = micro_project
-    # the targets train teacher and student@it1, filter-balance@it1 on the way: every kind of plot, no
-    # robustness sets
+@REPRODUCED
+def test_plots_diff_overlays_two_experiments(reproduced_micro: tuple[Path, str]) -> None:
+    repo, _ = reproduced_micro  # every kind of plot written
+    # the experiment reruns student@it1 and what leads from it to the target
     targets = ["eval-FGSM@it1"]
-    run(DVC + ["repro", *targets], repo)
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-q", "-m", "baseline results"], repo)
     # a student-only change: the teacher, its pseudo labels and confidence stay, the student's curves move

@@ -10,7 +10,7 @@ import mlflow
 import pytest
 import yaml
 
-from tests.conftest import run
+from tests.conftest import REPRODUCED, run
 
 DVC = [sys.executable, "-m", "dvc"]
 
@@ -24,15 +24,19 @@ def _md5(entries: list[dict], path: str) -> str:
 
 
 @pytest.mark.slow
-def test_second_iteration_is_labeled_by_the_first_student(micro_project: Path) -> None:
-    repo = micro_project
+@REPRODUCED
+def test_second_iteration_is_labeled_by_the_first_student(reproduced_micro: tuple[Path, str]) -> None:
+    repo, _ = reproduced_micro  # it1 trained and evaluated
     params = yaml.safe_load((repo / "params.yaml").read_text())
     # iteration 2 overrides its student's batch ratio, as the paper's later iterations do
     params["iterations"] = {"it1": {"teacher": "teacher"}, "it2": {"teacher": "it1", "student": {"unlabeled_ratio": 3}}}
     params["evaluate"] = ["teacher", "it1", "it2"]
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = run(DVC + ["repro"], repo).stdout
-    order = [out.index(f"Running stage '{s}'") for s in ("student@it1", "predict@it2", "student@it2", "eval@it2")]
+    # adding an iteration trains only it: iteration 1 is up to date
+    assert "Running stage 'student@it1'" not in out and "Running stage 'teacher'" not in out, out
+    it2 = ("predict@it2", "filter-balance@it2", "student@it2", "eval@it2")
+    order = [out.index(f"Running stage '{s}'") for s in it2]
     assert order == sorted(order), out
     lock = _lock(repo)
     it1_student = _md5(lock["student@it1"]["outs"], "models/it1.pt")
@@ -52,9 +56,9 @@ def test_second_iteration_is_labeled_by_the_first_student(micro_project: Path) -
 
 
 @pytest.mark.slow
-def test_queued_experiments_log_to_the_project_store(micro_project: Path) -> None:
-    repo = micro_project
-    run(DVC + ["repro"], repo)
+@REPRODUCED
+def test_queued_experiments_log_to_the_project_store(reproduced_micro: tuple[Path, str]) -> None:
+    repo, _ = reproduced_micro
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-q", "-m", "baseline results"], repo)
     for name, magnitude in (("mag2", 2), ("mag4", 4)):

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import mlflow
 import mlflow.pytorch
+import pandas as pd
 import pytest
 import torch
 
 from noisy_student.models import load_classifier
-from tests.conftest import run
+from tests.conftest import REPRODUCED, run
 
 DVC = [sys.executable, "-m", "dvc"]
 EXPECTED_RUNS = (
@@ -30,9 +31,9 @@ def _runs(repo: Path) -> list[mlflow.entities.Run]:
 
 
 @pytest.mark.slow
-def test_repro_exp_run_and_push(micro_project: Path) -> None:
-    repo = micro_project
-    out = run(DVC + ["repro"], repo).stdout
+@REPRODUCED
+def test_repro_exp_run_and_push(reproduced_micro: tuple[Path, str]) -> None:
+    repo, out = reproduced_micro  # a copy of the micro project after `dvc repro`, and what that repro printed
     for stage in ("prepare", "teacher", "predict@it1", "filter-balance@it1", "student@it1", "eval@teacher", "eval@it1"):
         assert f"'{stage}'" in out, f"stage {stage} did not run:\n{out}"
 
@@ -43,6 +44,10 @@ def test_repro_exp_run_and_push(micro_project: Path) -> None:
         acc = json.loads((repo / "metrics" / f"eval-{model}.json").read_text())
         assert 0.0 <= acc["top1"] <= acc["top5"] <= 1.0
         assert acc["images"] == 200
+        # eval's per-image answers, for the report's paired statistics
+        answers = pd.read_csv(repo / "metrics" / "predictions" / f"eval-{model}.csv")
+        assert list(answers.columns) == ["id", "label", "prediction"] and answers["id"].is_unique
+        assert len(answers) == 200 and (answers["prediction"] == answers["label"]).mean() == pytest.approx(acc["top1"])
     assert (repo / "metrics" / "plots" / "confidence-it1.png").stat().st_size > 1000
     for model in ("teacher", "it1"):
         rob = repo / "metrics" / "robustness"
@@ -69,6 +74,9 @@ def test_repro_exp_run_and_push(micro_project: Path) -> None:
     net = mlflow.pytorch.load_model(model.model_uri)
     assert net(torch.rand(3, 1, 28, 28)).shape == (3, 10)
     assert "checkpoint" in {a.path for a in client.list_artifacts(student.info.run_id)}
+
+    report = (repo / "reports" / "report.md").read_text()
+    assert "| teacher -> it1 |" in report and "McNemar p" in report  # the gain with its paired statistics
 
     # nothing changed: nothing reruns
     assert "Stage 'teacher' didn't change" in run(DVC + ["repro"], repo).stdout

@@ -1,6 +1,6 @@
 """``noisy-student``: the tools that are not DVC stages, and, run from the repository root, every DVC stage.
 
-The tools (``ui``, ``shard``, ``teacher-convergence``, ``seed-gains``) live here, in the library. The stage
+The tools (``ui``, ``shard``, ``teacher-convergence``, ``seed-gains``, ``paired``) live here, in the library. The stage
 commands are the ``main`` of the modules each ``dvc.yaml`` stage runs (``python -m stages.<module>``); that
 package is no part of the installed library, so they are added, under their dvc.yaml names, only where the
 working directory holds ``dvc.yaml`` and ``stages/`` (the repository root, where DVC runs them).
@@ -25,7 +25,9 @@ from noisy_student.data.shard_folders import scan_split, write_folder_split
 from noisy_student.data.wds import DEFAULT_SHARD_SIZE, WDS_SUFFIX, WdsDataError
 from noisy_student.report.convergence import converged_at, convergence_plot, doubling_summary, teacher_convergence
 from noisy_student.report.history import mlflow_runs
+from noisy_student.report.inputs import correct_by_id
 from noisy_student.report.seeds import seed_gains, seed_gains_plot, seed_summary
+from noisy_student.statistics import compare_paired
 from noisy_student.tracking import tracking_uri, training_runs_url
 
 PIPELINE = "Pipeline stages (dvc.yaml)"
@@ -188,6 +190,45 @@ def seed_gains_command(
     typer.echo(f"wrote {out}")
 
 
+# ---- paired --------------------------------------------------------------------------------------------------
+
+
+def _read_predictions(spec: str) -> tuple[pd.DataFrame, str]:
+    """``PATH`` or ``REV:PATH`` (a git revision or DVC experiment name, read through DVC) -> the CSV's frame."""
+    rev, sep, path = spec.rpartition(":")
+    if not sep or Path(spec).exists():
+        rev, path = "", spec
+    try:
+        if not rev:
+            return pd.read_csv(path), path
+        import dvc.api
+
+        with dvc.api.open(path, rev=rev) as f:
+            return pd.read_csv(f), spec
+    except Exception as exc:  # missing file, unknown revision, not a CSV: one line naming the input
+        fail(f"{spec}: cannot read per-image predictions ({type(exc).__name__}: {exc})")
+
+
+def paired_command(
+    a: str = typer.Argument(..., help="Model A's per-image predictions: PATH or REV:PATH (git rev or experiment)."),
+    b: str = typer.Argument(..., help="Model B's, e.g. mag15:metrics/predictions/eval-it1.csv."),
+    resamples: int = typer.Option(2000, min=1, help="Bootstrap resamples of the test images."),
+    seed: int = typer.Option(0, help="Seed of the resamples."),
+) -> None:
+    """B's top-1 gain over A on the same test images: paired bootstrap 95 % CI and McNemar's exact p."""
+    with friendly_errors():
+        (frame_a, where_a), (frame_b, where_b) = _read_predictions(a), _read_predictions(b)
+        ca, cb = correct_by_id(frame_a, where_a), correct_by_id(frame_b, where_b)
+    if len(ca) != len(cb) or set(ca.index) != set(cb.index):
+        fail(f"{a} and {b} hold different test images ({len(ca)} and {len(cb)} ids): no paired comparison")
+    c = compare_paired(ca.to_numpy(), cb[ca.index].to_numpy(), resamples=resamples, seed=seed)
+    typer.echo(
+        f"{c.images} images: A {100 * c.accuracy_a:.2f} %, B {100 * c.accuracy_b:.2f} %, gain {100 * c.gain:+.2f} "
+        f"points, 95 % CI [{100 * c.ci_low:+.2f}, {100 * c.ci_high:+.2f}]; B only {c.b_only}, A only {c.a_only}, "
+        f"McNemar p = {c.p_mcnemar:.3g}"
+    )
+
+
 # ---- the commands --------------------------------------------------------------------------------------------
 
 
@@ -220,6 +261,7 @@ for _name, _command in [
     ("shard", shard_command),
     ("teacher-convergence", teacher_convergence_command),
     ("seed-gains", seed_gains_command),
+    ("paired", paired_command),
 ]:
     app.command(_name, rich_help_panel=TOOLS)(_command)
 

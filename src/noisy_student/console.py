@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 
@@ -16,7 +17,7 @@ from noisy_student.config import Params, ParamsError, load_params
 PARAMS_OPTION = typer.Option("params.yaml", "--params", help="Validated parameters file.")
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     """Print one clear message and exit non-zero (no traceback: the message says what to fix)."""
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)

@@ -77,17 +77,20 @@ def iteration_inputs(metrics: Path, params: Params) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def correct_by_id(metrics: Path, model: str) -> pd.Series | None:
-    """Whether ``model`` classified each test image correctly (index: image id), from ``eval``'s per-image
-    predictions; None when that file has not been written (an older run, or eval has not run)."""
-    path = test_predictions(model, metrics)
-    if not path.is_file():
-        return None
-    frame = pd.read_csv(path)
-    missing = {"id", "label", "prediction"} - set(frame.columns)
+def correct_by_id(predictions: pd.DataFrame, where: str) -> pd.Series:
+    """Whether each test image was classified correctly (index: image id), from ``eval``'s per-image
+    predictions (columns ``id, label, prediction``) read from ``where`` (named in the error)."""
+    missing = {"id", "label", "prediction"} - set(predictions.columns)
     if missing:
-        raise ValueError(f"{path}: missing columns {sorted(missing)}; expected id, label, prediction")
-    return (frame["prediction"] == frame["label"]).set_axis(frame["id"])
+        raise ValueError(f"{where}: missing columns {sorted(missing)}; expected id, label, prediction")
+    return (predictions["prediction"] == predictions["label"]).set_axis(predictions["id"])
+
+
+def paired_comparison(a: pd.Series, b: pd.Series, seed: int) -> PairedComparison | None:
+    """B against A (:func:`correct_by_id` series) joined by image id; None unless both saw the same images."""
+    if len(a) != len(b) or set(a.index) != set(b.index):
+        return None
+    return compare_paired(a.to_numpy(), b[a.index].to_numpy(), seed=seed)
 
 
 def paired_gains(metrics: Path, params: Params) -> list[tuple[str, PairedComparison | None]]:
@@ -98,10 +101,13 @@ def paired_gains(metrics: Path, params: Params) -> list[tuple[str, PairedCompari
     last = list(params.iterations)[-1] if params.iterations else None
     if last is not None and params.iterations[last].teacher != TEACHER:
         pairs.append((TEACHER, last))
+    correct = {}
+    for model in {m for pair in pairs for m in pair}:
+        path = test_predictions(model, metrics)
+        correct[model] = correct_by_id(pd.read_csv(path), str(path)) if path.is_file() else None
+    seed = seed_for(params.seed, "bootstrap")
     out = []
     for a, b in pairs:
-        ca, cb = correct_by_id(metrics, a), correct_by_id(metrics, b)
-        same = ca is not None and cb is not None and len(ca) == len(cb) and set(ca.index) == set(cb.index)
-        seed = seed_for(params.seed, "bootstrap")
-        out.append((f"{a} -> {b}", compare_paired(ca.to_numpy(), cb[ca.index].to_numpy(), seed=seed) if same else None))
+        ca, cb = correct[a], correct[b]
+        out.append((f"{a} -> {b}", paired_comparison(ca, cb, seed) if ca is not None and cb is not None else None))
     return out
