@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from noisy_student.console import PARAMS_OPTION, friendly_errors, params_or_exit
+from noisy_student.data.wds import WdsDataError
 from noisy_student.devices import inference_dtype, resolve_device
 from noisy_student.distributed import process_group, rank_device
 from noisy_student.paths import UNLABELED
@@ -50,7 +51,9 @@ def main(
     with friendly_errors(ValueError):  # every input is read and checked before an MLflow run is opened
         inputs = load_predict_inputs(teacher, unlabeled, pl)
     device = resolve_device(params.device)
-    with process_group(device) as world:
+    # a tar found damaged while labelling (truncated copy, bad member): one line naming it; the tars labelled
+    # before it stay written, the MLflow run ends failed
+    with friendly_errors(WdsDataError), process_group(device) as world:
         job, device = ShardJob(part, world.rank, world.size), rank_device(device)
         amp_dtype = inference_dtype(params.precision, device)
         seed = seed_for(params.seed, "predict")

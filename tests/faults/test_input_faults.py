@@ -156,3 +156,34 @@ def test_student_targets_on_a_truncated_selection_names_it(tmp_path: Path, capsy
     assert exit_info.value.exit_code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "selected.parquet: not a readable Parquet" in err[0]
+
+
+# ---- streamed tars: a truncated tar in the unlabeled pool ---------------------------------------------------------
+
+
+def test_predict_stage_on_a_truncated_tar_names_it_and_keeps_the_other_tars(tmp_path: Path) -> None:
+    import torch
+
+    from noisy_student.config import ModelParams
+    from noisy_student.models import create_classifier, save_checkpoint
+    from tests.test_predict_wds import _pool, write_wds_folder
+
+    pool = tmp_path / "unlabeled.wds"
+    write_wds_folder(pool, _pool(), 32)  # 4 tars: 32, 32, 32, 4 samples
+    _truncate(pool / "unlabeled-000002.tar")  # an interrupted copy
+    torch.manual_seed(0)
+    model, spec = create_classifier(ModelParams(arch="test_resnet"), 10, 1, (0.5,), (0.25,))
+    save_checkpoint(tmp_path / "teacher.pt", model, spec, {"name": "teacher"})
+    raw: dict[str, Any] = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["device"], raw["pseudo_labels"]["batch_size"] = "cpu", 16
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "predictions"
+    args = ["--iteration", "it1", "--teacher", str(tmp_path / "teacher.pt"), "--unlabeled", str(pool)]
+    args += ["--out", str(out), "--metrics", str(tmp_path / "predict.json"), "--params", str(params)]
+    line = _one_line_error(_stage("stages.predict", args, tmp_path))
+    assert "unlabeled-000002.tar" in line, line
+    # nothing of the damaged tar and no metrics are accepted; the tars labelled before it stay, so a rerun
+    # after `dvc checkout` (or a new copy) labels only what is missing
+    assert not shard_path(out, 2).exists() and not (tmp_path / "predict.json").exists()
+    assert {p.name for p in out.glob("part-*.parquet")} <= {shard_path(out, j).name for j in (0, 1, 3)}
