@@ -7,7 +7,7 @@ from torch import nn
 
 from noisy_student.evaluation import predict_logits, topk_accuracy
 from noisy_student.models import ImageClassifier
-from noisy_student.robustness.attacks import accuracy_under_attack, fgsm, pgd
+from noisy_student.robustness.attacks import correct_under_attack, fgsm, pgd
 
 EPSILONS = (0.0, 2.0, 8.0, 32.0)
 
@@ -59,8 +59,8 @@ def test_epsilon_zero_is_clean_accuracy(trained: tuple[ImageClassifier, torch.Te
     clean = topk_accuracy(logits, labels.numpy(), ks=(1,))["top1"]
     assert clean > 0.95, "the toy task should be learnt"
     for attack in ("fgsm", "pgd"):
-        acc = accuracy_under_attack(model, images, labels, [0.0], batch_size=64, device="cpu", attack=attack)
-        assert acc[0.0] == clean
+        correct = correct_under_attack(model, images, labels, [0.0], batch_size=64, device="cpu", attack=attack)
+        assert correct[0.0].shape == (len(images),) and correct[0.0].mean() == clean
     assert model.training, "the caller's train/eval mode is restored"
 
 
@@ -68,10 +68,12 @@ def test_accuracy_falls_with_epsilon_and_pgd_is_stronger(
     trained: tuple[ImageClassifier, torch.Tensor, torch.Tensor],
 ) -> None:
     model, images, labels = trained
-    acc_fgsm = accuracy_under_attack(model, images, labels.numpy(), EPSILONS, batch_size=100, device="cpu")
-    acc_pgd = accuracy_under_attack(
+    fgsm_correct = correct_under_attack(model, images, labels.numpy(), EPSILONS, batch_size=100, device="cpu")
+    pgd_correct = correct_under_attack(
         model, images, labels, EPSILONS, batch_size=100, device="cpu", attack="pgd", generator=0
     )
+    acc_fgsm = {eps: c.mean() for eps, c in fgsm_correct.items()}
+    acc_pgd = {eps: c.mean() for eps, c in pgd_correct.items()}
     assert list(acc_fgsm) == list(EPSILONS)
     values = [acc_fgsm[e] for e in EPSILONS]
     assert all(later <= earlier for earlier, later in zip(values, values[1:], strict=False)), values
@@ -109,9 +111,9 @@ def test_input_errors(trained: tuple[ImageClassifier, torch.Tensor, torch.Tensor
     with pytest.raises(TypeError, match="float"):
         fgsm(model, images[:4], labels[:4], 2.0)
     with pytest.raises(TypeError, match="uint8"):
-        accuracy_under_attack(model, images.float(), labels, [2.0], batch_size=8, device="cpu")
+        correct_under_attack(model, images.float(), labels, [2.0], batch_size=8, device="cpu")
     with pytest.raises(ValueError, match="attack"):
-        accuracy_under_attack(model, images, labels, [2.0], batch_size=8, device="cpu", attack="cw")
+        correct_under_attack(model, images, labels, [2.0], batch_size=8, device="cpu", attack="cw")
 
 
 def test_attacks_work_inside_no_grad(trained: tuple[ImageClassifier, torch.Tensor, torch.Tensor]) -> None:

@@ -290,7 +290,8 @@ def _metrics_folder(root: Path) -> Path:
         _write(m / f"eval-{model}.json", {"top1": top1, "top5": 0.99, "images": 200})
     for model, shift in (("teacher", 0.0), ("it1", 0.02)):
         _write(m / "robustness" / f"a-{model}.json", {"top1": 0.40 + shift})
-        _write(m / "robustness" / f"c-{model}.json", {"mce": 100.0 - 10 * shift, "corrupted_top1": 0.6 + shift})
+        c = {"mce": 100.0 - 10 * shift, "corrupted_top1": 0.6 + shift, "mce_ci_low": 95.0, "mce_ci_high": 104.25}
+        _write(m / "robustness" / f"c-{model}.json", c)
         _write(m / "robustness" / f"p-{model}.json", {"mfr": 80.0})
         fgsm = {f"fgsm_top1_eps{e}": 0.7 - e / 40 + shift for e in (0, 4, 16)}
         _write(m / "robustness" / f"fgsm-{model}.json", {**fgsm, "pgd10_top1_eps8": 0.3})
@@ -363,8 +364,13 @@ def test_report_entry_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         assert f"]({png})" in text  # linked relative to the report
     # the three tables, parsed back from the Markdown
     tables = [pd.read_csv(_pipe_table(block), sep="|") for block in text.split("\n\n") if block.startswith("| ")]
-    assert len(tables) == 4, text
-    summary, iterations, paired, ablations = (t.set_index(t.columns[1 if i < 3 else 0]) for i, t in enumerate(tables))
+    assert len(tables) == 5, text
+    summary, intervals, iterations, paired, ablations = (
+        t.set_index(t.columns[1 if i < 4 else 0]) for i, t in enumerate(tables)
+    )
+    # the intervals where the stages wrote them; the value alone for metrics without one
+    assert intervals.loc["teacher", "C mCE"] == "100.0 [95.0, 104.2]"
+    assert float(intervals.loc["teacher", "P mFR"]) == 80.0 and pd.isna(intervals.loc["it2", "P mFR"])
     assert list(summary.index) == ["teacher", "it1", "it2"]
     assert (summary["experiment"] == "workspace").all()
     assert summary.loc["it1", "clean top-1 %"] == pytest.approx(82.0)

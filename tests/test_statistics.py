@@ -79,3 +79,17 @@ def test_seeded_and_deterministic() -> None:
 def test_bad_inputs_are_named(a: np.ndarray, b: np.ndarray, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         paired_bootstrap_ci(a, b)
+
+
+def test_bootstrap_interval_of_a_mean_matches_the_binomial() -> None:
+    from noisy_student.statistics import bootstrap_interval
+
+    correct = np.array([1] * 300 + [0] * 700, dtype=float)  # top-1 0.3 on 1,000 images
+    low, high = bootstrap_interval(lambda w: float(correct @ w) / len(correct), len(correct), seed=0)
+    half = 1.96 * math.sqrt(0.3 * 0.7 / 1000)  # the normal approximation: +-2.84 points
+    assert low == pytest.approx(0.3 - half, abs=0.004) and high == pytest.approx(0.3 + half, abs=0.004)
+    # a constant statistic has no spread; an undefined one (NaN) gives NaN bounds
+    assert bootstrap_interval(lambda w: 5.0, 10, resamples=50) == (5.0, 5.0)
+    assert all(math.isnan(v) for v in bootstrap_interval(lambda w: float("nan"), 10, resamples=20))
+    with pytest.raises(ValueError, match="need n >= 1"):
+        bootstrap_interval(lambda w: 0.0, 0)

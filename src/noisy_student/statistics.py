@@ -1,13 +1,15 @@
-"""Paired statistics of two classifiers evaluated on the same test images (pure functions, numpy in).
+"""Bootstrap intervals over test images and paired tests of two classifiers (pure functions, numpy in).
 
 Two models scored on one test set disagree on few images; the seed-to-seed spread of either accuracy is
 much wider than the uncertainty of their *difference* on those images. So every gain the report prints
 carries a paired bootstrap interval (the test images resampled, both models' answers kept together) and
-McNemar's exact test (do the images only one model gets right split 50/50?).
+McNemar's exact test (do the images only one model gets right split 50/50?). Robustness metrics (mCE, mFR,
+accuracy under attack) get percentile intervals over their images from :func:`bootstrap_interval`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,3 +99,28 @@ def compare_paired(
         a_only=a_only,
         p_mcnemar=mcnemar_exact(a_only, b_only),
     )
+
+
+def bootstrap_interval(
+    statistic: Callable[[np.ndarray], float],
+    n: int,
+    resamples: int = DEFAULT_RESAMPLES,
+    level: float = DEFAULT_LEVEL,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile interval of ``statistic`` over bootstrap resamples of ``n`` items (images, sequences).
+
+    ``statistic(weights)`` computes the metric from per-item weights: ``weights[i]`` is how often item i
+    was drawn (a resample of n with replacement; the weights sum to n; all ones is the observed set), so a
+    mean over items becomes ``values @ weights / n``. NaN results (a resample where the metric is
+    undefined) are left out.
+    """
+    if n < 1 or resamples < 1 or not 0 < level < 1:
+        raise ValueError(f"need n >= 1, resamples >= 1, 0 < level < 1; got {n}, {resamples}, {level}")
+    rng = np.random.default_rng(seed)
+    values = np.array([statistic(rng.multinomial(n, np.full(n, 1.0 / n))) for _ in range(resamples)])
+    values = values[~np.isnan(values)]
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    low, high = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)

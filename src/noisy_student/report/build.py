@@ -16,6 +16,7 @@ from noisy_student.report.inputs import iteration_inputs, model_metrics, paired_
 from noisy_student.report.tables import (
     BASELINE,
     ablation_table,
+    interval_table,
     iteration_table,
     ordered_models,
     paired_table,
@@ -51,6 +52,7 @@ def render(
     images: dict[str, str],
     baseline: str = BASELINE,
     paired: pd.DataFrame | None = None,
+    intervals: pd.DataFrame | None = None,
 ) -> str:
     """The Markdown document.
 
@@ -62,6 +64,9 @@ def render(
         "## Summary (clean and robustness, per evaluated model)\n",
         "Accuracies in %; C mCE and P mFR x100, lower is better.\n",
         _md(summary),
+        "95 % bootstrap intervals over the images (A, FGSM / PGD), test images (C) and sequences (P) each was "
+        "measured on: how far the number could move with other images of the same sets.\n",
+        _md(intervals if intervals is not None else pd.DataFrame()),
         "## Iterations (Table 7 style)\n",
         "Pseudo-label accuracy: the teacher's top-1 on the in-domain unlabeled pool. Selected rows: what the "
         "student trains on after filtering and balancing (with duplicates), unique images: distinct ones.\n",
@@ -114,7 +119,9 @@ def write_report(
     """
     eps = tuple(e for e in PAPER_EPSILONS if e in params.robustness.fgsm_epsilons) or params.robustness.fgsm_epsilons
     models = ordered_models(params.evaluate)
-    summary = summary_table(model_metrics(metrics, models), eps, experiment)
+    per_model = model_metrics(metrics, models)
+    summary = summary_table(per_model, eps, experiment)
+    intervals = interval_table(per_model, eps, experiment)
     iterations = iteration_table(iteration_inputs(metrics, params), experiment)
     paired = paired_table(paired_gains(metrics, params), experiment)
     runs = mlflow_runs(uri, params.tracking.experiment) if mlflow_history else pd.DataFrame()
@@ -136,7 +143,7 @@ def write_report(
     except FileNotFoundError as exc:  # the eval-FGSM stages have not run (outside DVC): report without it
         notes.append(str(exc))
     images = {name: os.path.relpath(plots / f"{name}.png", out.parent) for name in names}
-    text = render(summary, iterations, ablations, images, baseline, paired)
+    text = render(summary, iterations, ablations, images, baseline, paired, intervals)
     with atomic_path(out) as tmp:
         tmp.write_text(text)
     return Report(text, notes)

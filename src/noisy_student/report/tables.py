@@ -10,6 +10,7 @@ Accuracies come in as fractions (0..1, as the stages write them) and leave as pe
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -22,6 +23,8 @@ NAN = float("nan")
 BASELINE = "workspace"  # the dvc_exp tag of runs made by a plain `dvc repro` (no DVC experiment)
 # run columns from the checkpoint tags (noisy_student.tracking.runs: same names); absent or None on older runs
 CHECKPOINT, TEACHER_MD5, TEACHER_NAME = "checkpoint_md5", "teacher_md5", "teacher_name"
+# eval-FGSM's PGD top-1 (its step count is part of the key), not its interval's _ci_low / _ci_high
+_PGD_KEY = re.compile(r"fgsm\.pgd\d+_top1_eps[\d.]+")
 PIPELINE_PARAMS = "pipeline_params"  # dict: the whole params file of the run's pipeline (its DVC parent run)
 
 
@@ -63,10 +66,41 @@ def summary_table(models: pd.DataFrame, epsilons: Sequence[float], experiment: s
         for eps in epsilons:
             row[f"FGSM eps={eps:g} %"] = _pct(m.get(f"fgsm.fgsm_top1_eps{eps:g}"))
         # PGD's step count is part of its key (pgd10_top1_eps8): show whatever was run, named as run
-        for key in sorted(k for k in m.index if str(k).startswith("fgsm.pgd") and not _isnan(m[k])):
+        for key in sorted(k for k in m.index if _PGD_KEY.fullmatch(str(k)) and not _isnan(m[k])):
             attack, eps = key.removeprefix("fgsm.").split("_top1_eps")
             label = f"{attack.upper().replace('PGD', 'PGD-')} eps={eps}"
             row[f"{label} %"] = _pct(m[key])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _with_interval(m: pd.Series, key: str, scale: float) -> str:
+    """``"81.2 [78.0, 84.5]"``: a metric and its ``<key>_ci_low`` / ``_ci_high`` interval, x ``scale``; the metric
+    alone when no interval was recorded (older runs), '' when the metric is missing."""
+    value = _num(m.get(key)) * scale
+    if math.isnan(value):
+        return ""
+    low, high = _num(m.get(f"{key}_ci_low")) * scale, _num(m.get(f"{key}_ci_high")) * scale
+    return f"{value:.1f}" if math.isnan(low) or math.isnan(high) else f"{value:.1f} [{low:.1f}, {high:.1f}]"
+
+
+def interval_table(models: pd.DataFrame, epsilons: Sequence[float], experiment: str = BASELINE) -> pd.DataFrame:
+    """The robustness metrics with their 95 % bootstrap intervals over the images each was measured on
+    (strings ``value [low, high]``; accuracies in %, mCE / mFR x100). ``models`` as for :func:`summary_table`."""
+    rows = []
+    for name, m in models.iterrows():
+        row = {
+            "experiment": experiment,
+            "model": name,
+            "A top-1 %": _with_interval(m, "a.top1", 100),
+            "C mCE": _with_interval(m, "c.mce", 1),
+            "P mFR": _with_interval(m, "p.mfr", 1),
+        }
+        for eps in epsilons:
+            row[f"FGSM eps={eps:g} %"] = _with_interval(m, f"fgsm.fgsm_top1_eps{eps:g}", 100)
+        for key in sorted(k for k in m.index if _PGD_KEY.fullmatch(str(k))):
+            attack, eps = key.removeprefix("fgsm.").split("_top1_eps")
+            row[f"{attack.upper().replace('PGD', 'PGD-')} eps={eps} %"] = _with_interval(m, key, 100)
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -114,7 +114,7 @@ def pgd(
     return x.detach()
 
 
-def accuracy_under_attack(
+def correct_under_attack(
     model: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor | np.ndarray,
@@ -124,13 +124,14 @@ def accuracy_under_attack(
     attack: str = "fgsm",
     steps: int = 10,
     generator: GeneratorLike = None,
-) -> dict[float, float]:
-    """Top-1 accuracy (0..1) on adversarial images, per epsilon (0..255 units).
+) -> dict[float, np.ndarray]:
+    """Whether each adversarial image is still classified correctly (bool ``(N,)``), per epsilon (0..255 units);
+    its mean is the top-1 under attack, and the per-image answers give its bootstrap interval.
 
     ``images``: uint8 ``(N, C, H, W)`` 0..255 on any device; ``labels``: int ``(N,)``. Batches of
     ``batch_size`` are moved to ``device``, attacked with ``attack`` ("fgsm" or "pgd" with ``steps``
     iterations and a random start from ``generator``), and classified by the same float32 model.
-    Epsilon 0 is the clean accuracy. Returns ``{epsilon: top1}`` in the order given.
+    Epsilon 0 is the clean accuracy. Returns ``{epsilon: correct}`` in the order given.
     """
     if attack not in ATTACKS:
         raise ValueError(f"attack must be one of {ATTACKS}, got '{attack}'")
@@ -143,7 +144,7 @@ def accuracy_under_attack(
         raise ValueError("no images to attack")
     device = torch.device(device)
     g = as_generator(generator)
-    correct = dict.fromkeys(epsilons, 0)
+    correct: dict[float, list[np.ndarray]] = {eps: [] for eps in epsilons}
     with _eval_mode(model):
         for start in range(0, len(images), batch_size):
             x = images[start : start + batch_size].to(device).float().div(255.0)
@@ -155,5 +156,5 @@ def accuracy_under_attack(
                     adv = pgd(model, x, y, eps, steps=steps, generator=g)
                 with torch.no_grad(), torch.autocast(device.type, enabled=False):
                     pred = model(adv).argmax(1)
-                correct[eps] += int((pred == y).sum())
-    return {eps: correct[eps] / len(images) for eps in epsilons}
+                correct[eps].append((pred == y).cpu().numpy())
+    return {eps: np.concatenate(correct[eps]) for eps in epsilons}

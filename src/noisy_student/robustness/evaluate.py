@@ -34,7 +34,7 @@ from noisy_student.evaluation import images_tensor, predict_logits, topk_accurac
 from noisy_student.io import atomic_path
 from noisy_student.models import ImageClassifier, ModelSpec, load_classifier
 from noisy_student.paths import robustness_baseline_file, robustness_set_file
-from noisy_student.robustness.attacks import accuracy_under_attack
+from noisy_student.robustness.attacks import correct_under_attack
 from noisy_student.robustness.loaders import (
     VideoDecodingError,
     iter_imagenet_c,
@@ -55,6 +55,7 @@ from noisy_student.robustness.metrics import (
 )
 from noisy_student.robustness.perturbations import EXTRA_PERTURBATIONS, NOISE_PERTURBATIONS, PERTURBATIONS
 from noisy_student.seeds import seed_for
+from noisy_student.statistics import bootstrap_interval
 
 # the resolution ImageNet-C/-P are released at (and ImageNet-A is usually evaluated at)
 RELEASE_IMAGE_SIZE = 224
@@ -114,6 +115,7 @@ class EmbeddedSet:
     arrays: dict[str, np.ndarray]
     baseline: dict[str, Any]
     model: ModelUnderTest
+    seed: int = 0  # of the bootstrap resamples of the metric's 95 % interval
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -135,7 +137,7 @@ def load_embedded_set(folder: Path, kind: Literal["a", "c", "p"], model: Path, p
     """The ``kind`` set of ``folder`` (``c.npz`` ...), with ``baseline.json`` for C and P, and the model."""
     arrays = _load_npz(robustness_set_file(kind, folder))
     baseline = load_reference_errors(folder) if kind != "a" else {}
-    return EmbeddedSet(arrays, baseline, load_model_under_test(model, params))
+    return EmbeddedSet(arrays, baseline, load_model_under_test(model, params), seed_for(params.seed, "bootstrap"))
 
 
 def evaluate_embedded_c(s: EmbeddedSet, test: Path, desc: str = "eval-C") -> dict[str, float]:
@@ -146,18 +148,26 @@ def evaluate_embedded_c(s: EmbeddedSet, test: Path, desc: str = "eval-C") -> dic
     ``clean_error`` and the keys of ``metrics.mce_summary``.
     """
     images, labels, m = s.arrays["images"], s.arrays["labels"], s.model
-    errors: dict[str, dict[int, float]] = {}
-    for i, corruption in enumerate(tqdm(s.arrays["corruptions"].tolist(), desc=desc, mininterval=5.0)):
-        errors[corruption] = {}
+    corruptions = s.arrays["corruptions"].tolist()
+    wrong = np.zeros(images.shape[:3], bool)  # (corruption, severity, image)
+    for i, _ in enumerate(tqdm(corruptions, desc=desc, mininterval=5.0)):
         for j in range(images.shape[1]):
-            logits = m.logits(images_tensor(images[i, j]))
-            errors[corruption][j + 1] = _top1_error(logits, labels)
+            wrong[i, j] = m.logits(images_tensor(images[i, j])).argmax(1) != labels
     clean = load_imageset(test)
     clean_logits = m.logits(images_tensor(clean.images))
     clean_error = _top1_error(clean_logits, clean.labels)
     base = {c: {int(sev): e for sev, e in by_sev.items()} for c, by_sev in s.baseline["c_errors"].items()}
+
+    def errors_at(weights: np.ndarray) -> dict[str, dict[int, float]]:
+        rates = wrong @ weights / len(labels)  # (corruption, severity)
+        return {c: {j + 1: float(rates[i, j]) for j in range(wrong.shape[1])} for i, c in enumerate(corruptions)}
+
+    errors = {c: {j + 1: float(wrong[i, j].mean()) for j in range(wrong.shape[1])} for i, c in enumerate(corruptions)}
     summary = mce_summary(errors, base, clean_error, s.baseline["clean_error"])
-    return {"clean_error": clean_error, **summary}
+    low, high = bootstrap_interval(
+        lambda w: mce_summary(errors_at(w), base).get("mce", float("nan")), len(labels), seed=s.seed
+    )
+    return {"clean_error": clean_error, **summary, "mce_ci_low": low, "mce_ci_high": high}
 
 
 def evaluate_embedded_p(s: EmbeddedSet, desc: str = "eval-P") -> dict[str, float]:
@@ -170,20 +180,37 @@ def evaluate_embedded_p(s: EmbeddedSet, desc: str = "eval-P") -> dict[str, float
     n, t = seqs.shape[1], seqs.shape[2]
     fps: dict[str, float] = {}
     t5ds: dict[str, float] = {}
+    flips: dict[str, np.ndarray] = {}  # per sequence: the share of its compared frame pairs that flip
     for i, pert in enumerate(tqdm(s.arrays["perturbations"].tolist(), desc=desc, mininterval=5.0)):
         frames = images_tensor(seqs[i].reshape(n * t, *seqs.shape[3:]))
         logits = m.logits(frames).reshape(n, t, -1)
         _stability(logits, pert, fps, t5ds, top5=logits.shape[-1] >= TOP5_MIN_CLASSES)
-    summary = mfr_summary(fps, t5ds, s.baseline["p_flip_probability"], s.baseline["p_top5_distance"])
-    return {**summary, **{f"fp_{k}": v for k, v in fps.items()}}
+        flips[pert] = np.array([flip_probability(p[None], pert in NOISE_PERTURBATIONS) for p in logits.argmax(-1)])
+    base_fp = s.baseline["p_flip_probability"]
+    summary = mfr_summary(fps, t5ds, base_fp, s.baseline["p_top5_distance"])
+
+    def mfr_at(weights: np.ndarray) -> float:
+        resampled = {p: float(f @ weights / n) for p, f in flips.items()}
+        return mfr_summary(resampled, {}, base_fp, {}).get("mfr", float("nan"))
+
+    low, high = bootstrap_interval(mfr_at, n, seed=s.seed)  # over sequences
+    return {**summary, **{f"fp_{k}": v for k, v in fps.items()}, "mfr_ci_low": low, "mfr_ci_high": high}
 
 
 def evaluate_embedded_a(s: EmbeddedSet) -> dict[str, float]:
     """Top-1 / top-5 (0..1) on the test images the reference model misclassifies, and their count."""
-    m = s.model
+    m, labels = s.model, s.arrays["labels"]
     logits = m.logits(images_tensor(s.arrays["images"]))
-    acc = topk_accuracy(logits, s.arrays["labels"])
-    return {"top1": acc["top1"], "top5": acc["top5"], "images": int(len(s.arrays["labels"]))}
+    acc = topk_accuracy(logits, labels)
+    correct = (logits.argmax(1) == labels).astype(float)
+    low, high = bootstrap_interval(lambda w: float(correct @ w) / len(correct), len(correct), seed=s.seed)
+    return {
+        "top1": acc["top1"],
+        "top5": acc["top5"],
+        "images": int(len(labels)),
+        "top1_ci_low": low,
+        "top1_ci_high": high,
+    }
 
 
 # --- the released benchmarks ------------------------------------------------------------------------
@@ -410,14 +437,20 @@ class AttackResult:
     pgd_epsilon: float
     pgd_top1: float
     images: int
+    # 95 % bootstrap interval over the attacked images, per metric key of :meth:`metrics`
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
-        """``fgsm_top1_eps<e>``, ``pgd<steps>_top1_eps<e>`` and the attacked image count."""
-        return {
-            **{f"fgsm_top1_eps{eps:g}": acc for eps, acc in self.fgsm.items()},
-            f"pgd{self.pgd_steps}_top1_eps{self.pgd_epsilon:g}": self.pgd_top1,
-            "images": self.images,
+        """``fgsm_top1_eps<e>``, ``pgd<steps>_top1_eps<e>`` (with ``_ci_low`` / ``_ci_high`` where an interval
+        was computed) and the attacked image count."""
+        top1 = {f"fgsm_top1_eps{eps:g}": acc for eps, acc in self.fgsm.items()}
+        top1[f"pgd{self.pgd_steps}_top1_eps{self.pgd_epsilon:g}"] = self.pgd_top1
+        ci = {
+            f"{k}_ci_{side}": v
+            for k, (low, high) in self.intervals.items()
+            for side, v in (("low", low), ("high", high))
         }
+        return {**top1, **ci, "images": self.images}
 
     def curve(self) -> pd.DataFrame:
         """The FGSM curve: columns ``epsilon`` (0..255) and ``top1`` (0..1)."""
@@ -446,10 +479,15 @@ def evaluate_attacks(model: ModelUnderTest, data: ImageSet, params: Params) -> A
     idx = np.sort(rng.choice(len(data), size=min(r.attack_images, len(data)), replace=False))
     images, labels = images_tensor(data.images[idx]), torch.from_numpy(data.labels[idx])
     net, bs, device = model.net, r.batch_size, model.device
-    fgsm = accuracy_under_attack(net, images, labels, list(r.fgsm_epsilons), bs, device, "fgsm")
+    fgsm = correct_under_attack(net, images, labels, list(r.fgsm_epsilons), bs, device, "fgsm")
     pgd_start = seed_for(params.seed, "pgd")  # PGD's random start
-    pgd = accuracy_under_attack(net, images, labels, [r.pgd_epsilon], bs, device, "pgd", r.pgd_steps, pgd_start)
-    return AttackResult(fgsm, r.pgd_steps, r.pgd_epsilon, pgd[r.pgd_epsilon], int(len(idx)))
+    pgd = correct_under_attack(net, images, labels, [r.pgd_epsilon], bs, device, "pgd", r.pgd_steps, pgd_start)
+    correct = {f"fgsm_top1_eps{eps:g}": c for eps, c in fgsm.items()}
+    correct[f"pgd{r.pgd_steps}_top1_eps{r.pgd_epsilon:g}"] = pgd[r.pgd_epsilon]
+    seed, n = seed_for(params.seed, "bootstrap"), len(idx)
+    intervals = {k: bootstrap_interval(lambda w, c=c: float(c @ w) / n, n, seed=seed) for k, c in correct.items()}
+    fgsm_top1 = {eps: float(c.mean()) for eps, c in fgsm.items()}
+    return AttackResult(fgsm_top1, r.pgd_steps, r.pgd_epsilon, float(pgd[r.pgd_epsilon].mean()), n, intervals)
 
 
 def save_attack_curve(result: AttackResult, path: Path, pgd_path: Path | None = None) -> None:

@@ -45,7 +45,9 @@ HEADLINE_KEYS: dict[str, dict[str, str]] = {
     "predict": {"pseudo_label_accuracy": "pseudo_label_accuracy"},
     "filter-balance": {"selected_pseudo_label_accuracy": "selected_pseudo_label_accuracy"},
 }
-_ATTACK_KEY = re.compile(r"^(fgsm|pgd\d+)_top1_eps(.+)$")  # fgsm_top1_eps8 -> fgsm_eps8, pgd10_top1_eps8 -> pgd10_eps8
+_ATTACK_KEY = re.compile(
+    r"^(fgsm|pgd\d+)_top1_eps([\d.]+)$"
+)  # fgsm_top1_eps8 -> fgsm_eps8, pgd10_top1_eps8 -> pgd10_eps8
 
 
 def params_hash(params: Params) -> str:
