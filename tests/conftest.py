@@ -114,8 +114,10 @@ def micro_project(tmp_path: Path) -> Path:
 
 # the end-to-end tests that start from one reproduced micro pipeline run in one xdist group (`make test` runs
 # `pytest --dist loadgroup`): one worker builds the pipeline once and runs them all, the other worker takes
-# every other test meanwhile
-REPRODUCED = pytest.mark.xdist_group("reproduced-micro")
+# every other test meanwhile. pytest 9.2 silently breaks the grouping (pytest-xdist#1386: the "@group" suffix
+# xdist adds to node ids no longer takes), so constraints.txt pins pytest 9.1 and reproduced_micro checks it.
+GROUP = "reproduced-micro"
+REPRODUCED = pytest.mark.xdist_group(GROUP)
 
 
 @pytest.fixture(scope="session")
@@ -130,14 +132,17 @@ def _reproduced_micro(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, s
 
 
 @pytest.fixture
-def reproduced_micro(_reproduced_micro: tuple[Path, str], tmp_path: Path) -> tuple[Path, str]:
+def reproduced_micro(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path, str]:
     """A private copy of the reproduced micro project (outputs, DVC cache, git history, MLflow store) and the
     output of the ``dvc repro`` that built it; its default remote is ``tmp_path/remote``.
 
     The copy's MLflow experiment keeps the original's artifact folder (MLflow stores it as an absolute URI):
     runs logged in the copy put their artifacts there, under their own run ids.
     """
-    original, out = _reproduced_micro
+    if getattr(request.config.option, "loadgroup", False) and not request.node.nodeid.endswith(f"@{GROUP}"):
+        # checked before building: a split group would build the project once per worker, minutes each
+        pytest.fail(f"pytest-xdist did not group {request.node.nodeid} (--dist loadgroup, pytest-xdist#1386)")
+    original, out = request.getfixturevalue("_reproduced_micro")
     repo = tmp_path / "repo"
     shutil.copytree(original, repo, symlinks=True)
     # --local: .dvc/config.local (git-ignored), so the copy's committed tree stays as the original's

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -76,7 +77,10 @@ def test_repro_exp_run_and_push(reproduced_micro: tuple[Path, str]) -> None:
     assert "checkpoint" in {a.path for a in client.list_artifacts(student.info.run_id)}
 
     report = (repo / "reports" / "report.md").read_text()
-    assert "| teacher -> it1 |" in report and "McNemar p" in report  # the gain with its paired statistics
+    # the gain with its paired statistics: a row of the paired table ending in McNemar's p (cells are padded)
+    paired = report.split("## Gains on the same test images (paired)")[1].split("\n## ")[0]
+    row = re.compile(r"^\|[^\n]*\|\s*teacher -> it1\s*\|[^\n]*\|\s*[\d.e+-]+\s*\|$", re.M)
+    assert "McNemar p" in paired and row.search(paired), paired
 
     # nothing changed: nothing reruns
     assert "Stage 'teacher' didn't change" in run(DVC + ["repro"], repo).stdout

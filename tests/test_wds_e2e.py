@@ -28,7 +28,9 @@ def test_repro_on_shards_with_two_processes(tmp_path: Path) -> None:
     repo = make_project(tmp_path, p)
     # the store named explicitly: a test that called mlflow.set_tracking_uri leaves it in the environment
     env = {"NOISY_STUDENT_THREADS": "2", "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"}
-    proc = run(DVC + ["repro"], repo, env=env)
+    # the stages that read the tars: eval-A and eval-P read the arrays robustness-data (run for eval-C) writes
+    targets = ["eval@it1", "eval-C@teacher", "eval-C@it1", "eval-FGSM@it1"]
+    proc = run(DVC + ["repro", *targets], repo, env=env)
 
     prepared = repo / "data" / "prepared"
     for split, n in (("labeled", 100), ("unlabeled", 340), ("test", 200)):
@@ -56,6 +58,7 @@ def test_repro_on_shards_with_two_processes(tmp_path: Path) -> None:
         acc = json.loads((repo / "metrics" / f"eval-{model}.json").read_text())
         assert acc["images"] == 200 and 0.0 <= acc["top1"] <= acc["top5"] <= 1.0
         assert json.loads((repo / "metrics" / "robustness" / f"c-{model}.json").read_text())["mce"] > 0
+    assert json.loads((repo / "metrics" / "robustness" / "fgsm-it1.json").read_text())["fgsm_top1_eps0"] >= 0
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
     exp = client.get_experiment_by_name("noisy-student")
@@ -64,4 +67,4 @@ def test_repro_on_shards_with_two_processes(tmp_path: Path) -> None:
     for stage in ("teacher", "predict@it1", "student@it1"):
         assert names.count(stage) == 1, names  # rank 0 alone opens the stage's MLflow run
 
-    assert "Stage 'student@it1' didn't change" in run(DVC + ["repro"], repo, env=env).stdout
+    assert "Stage 'student@it1' didn't change" in run(DVC + ["repro", *targets], repo, env=env).stdout

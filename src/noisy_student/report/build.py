@@ -42,7 +42,9 @@ def _md(table: pd.DataFrame) -> str:
     if table.empty:
         return "(nothing recorded yet)\n"
     formats = [".3g" if str(c).endswith(" p") else ".2f" for c in table.columns]
-    return table.to_markdown(index=False, floatfmt=formats) + "\n"
+    # missing cells (a model not evaluated, a comparison not possible) read "n/a", not "nan" / "<NA>"
+    cells = table.astype(object).where(table.notna(), None)
+    return cells.to_markdown(index=False, floatfmt=formats, missingval="n/a") + "\n"
 
 
 def render(

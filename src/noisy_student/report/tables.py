@@ -157,7 +157,10 @@ def paired_table(
                 "McNemar p": c.p_mcnemar,
             }
         rows.append(row)
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    counts = [c for c in ("images", "B only", "A only") if c in out]
+    out[counts] = out[counts].astype("Int64")  # integers even beside a row without a comparison
+    return out
 
 
 def _latest_per_name(runs: pd.DataFrame) -> pd.DataFrame:
