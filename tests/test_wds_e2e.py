@@ -29,7 +29,7 @@ def test_repro_on_shards_with_two_processes(tmp_path: Path) -> None:
     # the store named explicitly: a test that called mlflow.set_tracking_uri leaves it in the environment
     env = {"NOISY_STUDENT_THREADS": "2", "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"}
     # the stages that read the tars: eval-A and eval-P read the arrays robustness-data (run for eval-C) writes
-    targets = ["eval@it1", "eval-C@teacher", "eval-C@it1", "eval-FGSM@it1"]
+    targets = ["eval@teacher", "eval@it1", "eval-C@teacher", "eval-C@it1", "eval-FGSM@it1"]
     proc = run(DVC + ["repro", *targets], repo, env=env)
 
     prepared = repo / "data" / "prepared"
