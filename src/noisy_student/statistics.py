@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import binomtest
 
 DEFAULT_RESAMPLES = 2000
 DEFAULT_LEVEL = 0.95
@@ -47,7 +46,12 @@ def mcnemar_exact(a_only: int, b_only: int) -> float:
     if a_only < 0 or b_only < 0:
         raise ValueError(f"discordant counts must be >= 0, got a_only={a_only}, b_only={b_only}")
     n = a_only + b_only
-    return 1.0 if n == 0 else float(binomtest(b_only, n, 0.5).pvalue)
+    if n == 0:
+        return 1.0
+    # imported here: scipy.stats takes ~1.3 s to import, and every robustness stage imports this module
+    from scipy.stats import binomtest
+
+    return float(binomtest(b_only, n, 0.5).pvalue)
 
 
 def paired_bootstrap_ci(
