@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,13 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # in the stages they start, unless a test sets its own count), or they oversubscribe the cores
     os.environ.setdefault("NOISY_STUDENT_THREADS", "1")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The end-to-end tests (marker ``slow``, minutes each) first: the two workers then end on short tests
+    together instead of one waiting for the other's last pipeline. The order is the same in every worker,
+    as pytest-xdist requires."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order otherwise
 
 
 def micro_params(base: dict[str, Any]) -> dict[str, Any]:
@@ -44,16 +52,47 @@ def micro_params(base: dict[str, Any]) -> dict[str, Any]:
     return p
 
 
-def run(
-    cmd: list[str], cwd: Path, env: dict[str, str] | None = None, check: bool = True
-) -> subprocess.CompletedProcess:
+def _env(env: dict[str, str] | None) -> dict[str, str]:
     full_env = {**os.environ, **(env or {})}
     # the project's venv first, so `python` in dvc.yaml is the one that has the package
     full_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{full_env.get('PATH', '')}"
-    proc = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True)
+    return full_env
+
+
+def run(
+    cmd: list[str], cwd: Path, env: dict[str, str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=_env(env), capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def run_queue(repo: Path, jobs: int, env: dict[str, str] | None = None, timeout: float = 900) -> str:
+    """``dvc queue start -j jobs``, wait until nothing is queued or running, stop the workers; the last
+    ``dvc queue status``.
+
+    The workers outlive ``dvc queue start`` and inherit its stdout / stderr: with pipes (:func:`run`) the
+    call would wait until they exit, which can be never (seen: a suite hung 10 minutes on an idle worker).
+    So their output goes to a file, and they are stopped here rather than left to the next test.
+    """
+    dvc = [sys.executable, "-m", "dvc"]
+    with (repo.parent / "queue-workers.log").open("a") as log:
+        start = subprocess.run(
+            [*dvc, "queue", "start", "-j", str(jobs)], cwd=repo, env=_env(env), stdout=log, stderr=log
+        )
+    assert start.returncode == 0, (repo.parent / "queue-workers.log").read_text()
+    deadline = time.time() + timeout
+    try:
+        while True:
+            status = run([*dvc, "queue", "status"], repo, env=env).stdout
+            if "Queued" not in status and "Running" not in status:
+                return status
+            # a loaded CI box can be slow; when it is too slow, say so
+            assert time.time() < deadline, f"queue still busy after {timeout} s:\n{status}"
+            time.sleep(3)
+    finally:
+        run([*dvc, "queue", "stop", "--kill"], repo, env=env, check=False)
 
 
 def stage_env(work: Path) -> dict[str, str]:

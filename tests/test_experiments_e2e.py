@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import mlflow
 import pytest
 import yaml
 
-from tests.conftest import REPRODUCED, run
+from tests.conftest import REPRODUCED, run, run_queue
 
 DVC = [sys.executable, "-m", "dvc"]
 
@@ -63,15 +62,7 @@ def test_queued_experiments_log_to_the_project_store(reproduced_micro: tuple[Pat
     run(["git", "commit", "-q", "-m", "baseline results"], repo)
     for name, magnitude in (("mag2", 2), ("mag4", 4)):
         run(DVC + ["exp", "run", "--queue", "-n", name, "-S", f"noise.randaugment_magnitude={magnitude}"], repo)
-    run(DVC + ["queue", "start", "-j", "2"], repo)
-    deadline = time.time() + 900
-    while True:
-        status = run(DVC + ["queue", "status"], repo).stdout
-        if "Queued" not in status and "Running" not in status:
-            break
-        # a loaded CI box can be slow; when it is too slow, say so with both runs' logs
-        assert time.time() < deadline, "queue still busy after 900 s:\n" + status + _queue_logs(repo)
-        time.sleep(3)
+    status = run_queue(repo, jobs=2)
     assert "Failed" not in status, status + _queue_logs(repo)
     shown = run(DVC + ["exp", "show", "--no-pager", "--csv"], repo).stdout
     assert "mag2" in shown and "mag4" in shown, shown

@@ -26,7 +26,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import run
+from tests.conftest import run, run_queue
 
 DVC = [sys.executable, "-m", "dvc"]
 TARGETS = ["eval@teacher", "eval@it1"]  # the README's ablation targets: no robustness evaluations
@@ -111,16 +111,6 @@ def _datasets(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _wait_for_queue(repo: Path, env: dict[str, str], timeout: float = 600) -> str:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        status = run(DVC + ["queue", "status"], repo, env=env).stdout
-        if "Queued" not in status and "Running" not in status:
-            return status
-        time.sleep(3)
-    raise AssertionError(f"queue still busy after {timeout} s:\n{status}")
-
-
 @pytest.mark.slow
 def test_pipeline_runs_group_their_stage_runs(micro_project: Path, mlflow_server: str) -> None:
     repo = micro_project
@@ -136,8 +126,7 @@ def test_pipeline_runs_group_their_stage_runs(micro_project: Path, mlflow_server
             DVC + ["exp", "run", "--queue", "-n", name, "-S", f"noise.randaugment_magnitude={magnitude}", *TARGETS],
             repo,
         )
-    run(DVC + ["queue", "start", "-j", "2"], repo, env=env)  # both at once: each must find its own parent
-    status = _wait_for_queue(repo, env)
+    status = run_queue(repo, jobs=2, env=env)  # both at once: each must find its own parent
     assert "Failed" not in status, run(DVC + ["queue", "logs", "mag2"], repo, env=env, check=False).stdout + status
 
     experiment = _api(mlflow_server, "experiments/get-by-name", experiment_name="noisy-student")["experiment"]

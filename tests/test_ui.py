@@ -18,7 +18,9 @@ import pytest
 import yaml
 
 STARTUP_S = 60  # mlflow imports a lot; on a small shared CPU the first answer takes a while
-STOP_S = 15  # mlflow's job runner notices its server is gone by polling once a second
+# mlflow's job runner and its huey consumers notice their server is gone by polling once a second, but a consumer
+# still importing when the signal comes polls only afterwards: 15 s was once too short on a loaded 2-core box
+STOP_S = 60
 
 
 def free_port() -> int:
