@@ -25,13 +25,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The end-to-end tests (marker ``slow``, minutes each) first: the two workers then end on short tests
-    together instead of one waiting for the other's last pipeline. The order is the same in every worker,
-    as pytest-xdist requires."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order otherwise
-
-
 def micro_params(base: dict[str, Any]) -> dict[str, Any]:
     """Shrink the default params to a seconds-long run: tiny arch, few hundred images, one epoch."""
     p = yaml.safe_load(yaml.safe_dump(base))

@@ -128,7 +128,7 @@ def _device_project(tmp_path: Path, distributed: dict[str, object] | None = None
 def test_micro_pipeline_on_the_device(tmp_path: Path) -> None:
     repo = _device_project(tmp_path)
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"}
-    run(DVC + ["repro", "eval@it1", "eval-C@it1", "eval-FGSM@it1"], repo, env=env)
+    run(DVC + ["repro", "eval@teacher", "eval@it1", "eval-C@it1", "eval-FGSM@it1"], repo, env=env)
     for model in ("teacher", "it1"):
         acc = json.loads((repo / "metrics" / f"eval-{model}.json").read_text())
         assert acc["images"] == 200 and 0.0 <= acc["top1"] <= acc["top5"] <= 1.0
