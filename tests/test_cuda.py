@@ -25,6 +25,7 @@ from noisy_student.training.loop import train_classifier
 from tests.conftest import FASHION_MNIST, ROOT, make_project, micro_params, run
 from tests.test_training import NOISE, _data, _model
 from tests.test_training_streams import Shards
+from tests.test_training_streams import _train as _train_streamed
 
 DEVICE = torch.device(os.environ.get("GPU_CHECK_DEVICE", "cuda"))
 GPUS = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -78,23 +79,7 @@ def test_streamed_training_pins_memory_in_workers_and_resumes(tmp_path: Path, mo
 
     monkeypatch.setattr(streams, "labeled_loader", recorded)
     ckpt = tmp_path / "state.pt"
-
-    def train(on_epoch=None):  # noqa: ANN001, ANN202
-        optim = OptimParams(epochs=3, batch_size=8, lr=0.05, warmup_epochs=0, eval_every=2, checkpoint_steps=5)
-        return train_classifier(
-            _model(),
-            data,
-            optim,
-            NOISE,
-            unlabeled_ratio=2,
-            device=DEVICE,
-            seed=0,
-            checkpoint_path=ckpt,
-            checkpoint_key="k",
-            on_epoch=on_epoch,
-        )
-
-    full, _ = train()
+    full, _ = _train_streamed(data, ckpt, device=DEVICE)
     assert pinned and all(p == (DEVICE.type == "cuda") for p in pinned), pinned
 
     class Killed(RuntimeError):
@@ -105,9 +90,9 @@ def test_streamed_training_pins_memory_in_workers_and_resumes(tmp_path: Path, mo
             raise Killed
 
     with pytest.raises(Killed):
-        train(die_after_two)
+        _train_streamed(data, ckpt, on_epoch=die_after_two, device=DEVICE)
     assert ckpt.is_file()
-    resumed, _ = train()
+    resumed, _ = _train_streamed(data, ckpt, device=DEVICE)
     # bit for bit on CPU (tests/test_training_streams.py); CUDA kernels may sum in another order
     tolerance = {"rtol": 0, "atol": 0} if DEVICE.type == "cpu" else {"rtol": 1e-3, "atol": 1e-4}
     for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):

@@ -215,7 +215,14 @@ def _model() -> torch.nn.Module:
     return model
 
 
-def _train(data: StreamedTrainData | TrainData, path: Path | None = None, epochs: int = 3, on_epoch=None, **kwargs):  # noqa: ANN001, ANN003, ANN202
+def _train(  # noqa: ANN202
+    data: StreamedTrainData | TrainData,
+    path: Path | None = None,
+    epochs: int = 3,
+    on_epoch=None,  # noqa: ANN001
+    device: torch.device = CPU,
+    **kwargs,  # noqa: ANN003
+):
     # 48 labeled / 8 = 6 updates per epoch; a checkpoint every 5 lands mid-epoch (and mid-pass)
     optim = OptimParams(epochs=epochs, batch_size=BATCH, lr=0.05, warmup_epochs=0, eval_every=2, checkpoint_steps=5)
     return train_classifier(
@@ -224,7 +231,7 @@ def _train(data: StreamedTrainData | TrainData, path: Path | None = None, epochs
         optim,
         NOISE,
         unlabeled_ratio=RATIO,
-        device=CPU,
+        device=device,
         seed=0,
         checkpoint_path=path,
         checkpoint_key="k",
