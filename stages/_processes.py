@@ -14,24 +14,28 @@ from stages._common import torch_threads
 
 
 def start_processes(params: Params, any_world: bool = False) -> None:
-    """Torch threads, and the ranks when ``distributed.processes`` > 1.
+    """Torch threads, and the ranks when ``distributed.processes`` or ``distributed.nodes`` > 1.
 
     One process: threads as every stage sets them. Several, started as one process (by DVC or by
-    hand): run this same command under torchrun and exit with its code (never returns). A rank under
-    torchrun: its share of the threads, checked to be one of as many ranks as the params say, unless
-    ``any_world`` (``predict``: any number of ranks labels the same files, so a hand-started torchrun
-    of any size is fine).
+    hand): run this same command under torchrun and exit with its code (never returns); with several
+    nodes this machine is node 0 and prints what the others run. A rank under torchrun: its share of
+    the threads, checked to be one of as many ranks as the params say, unless ``any_world``
+    (``predict``: any number of ranks labels the same files, so a hand-started torchrun of any size is fine).
     """
-    processes = params.distributed.processes
+    d = params.distributed
     with friendly_errors(ValueError):
-        distributed.check_sync_batchnorm(params.distributed.sync_batchnorm, resolve_device(params.device))
+        distributed.check_sync_batchnorm(d.sync_batchnorm, resolve_device(params.device))
     if not distributed.under_torchrun():
-        if processes > 1:
-            distributed.relaunch(processes, int(os.environ.get(distributed.THREADS_ENV) or torch.get_num_threads()))
+        if d.ranks > 1:
+            threads = int(os.environ.get(distributed.THREADS_ENV) or torch.get_num_threads())
+            distributed.relaunch(d.processes, threads, d.nodes, d.rdzv_endpoint)
         torch_threads()
         return
     ranks = int(os.environ.get("WORLD_SIZE", "1"))
-    if ranks != processes and not any_world:
-        fail(f"distributed.processes is {processes} but torchrun started {ranks}: run the stage without torchrun")
+    if ranks != d.ranks and not any_world:
+        fail(
+            f"distributed.processes x distributed.nodes is {d.processes} x {d.nodes} but torchrun started "
+            f"{ranks} ranks: run the stage without torchrun (node 0), or the command it prints (other nodes)"
+        )
     distributed.die_with_parent()  # torchrun gone (even killed): this rank goes too
     torch.set_num_threads(distributed.rank_threads())

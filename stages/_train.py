@@ -36,8 +36,9 @@ def exclusive_run(plan: RunPlan, inputs: TrainingInputs) -> Iterator[str]:
             if world.main:
                 raise
             raise typer.Exit(code=2) from None
-        yield key
-        distributed.barrier()
+        with distributed.peers_or_exit(plan.name):  # a rank or node gone: one line, not a traceback
+            yield key
+            distributed.barrier()
 
 
 def other_rank_trains(plan: RunPlan, inputs: TrainingInputs, key: str, warm: Mapping | None = None) -> bool:

@@ -320,15 +320,34 @@ class TrackingParams(_Section):
 
 
 class DistributedParams(_Section):
-    """Training processes of the teacher / student stages on this machine (torchrun + DDP).
+    """Training and labelling processes of the teacher / predict / student stages (torchrun + DDP).
 
-    ``processes: 1`` is one process (no torchrun); ``N`` re-runs the stage under torchrun with N
-    ranks (gloo on CPU, one GPU each with nccl) that split every global batch evenly.
+    ``processes: 1, nodes: 1`` is one process (no torchrun); otherwise the stage re-runs itself under
+    torchrun with ``processes`` ranks on each of ``nodes`` machines (gloo on CPU, one GPU each with
+    nccl) that split every global batch evenly.
     """
 
     processes: int = Field(1, ge=1)
+    # machines of one job (torchrun, static rendezvous): the stage's own machine is node 0 and holds
+    # global rank 0 (it tracks and writes); every other node runs the command the stage prints
+    nodes: int = Field(1, ge=1)
+    # host:port on node 0 that the other nodes reach (its TCP store); needed when nodes > 1
+    rdzv_endpoint: str = ""
     # batch-norm statistics over the global batch instead of each rank's slice; CUDA only
     sync_batchnorm: bool = False
+
+    @property
+    def ranks(self) -> int:
+        """Training processes of the whole job: ``processes`` on each of ``nodes`` machines."""
+        return self.processes * self.nodes
+
+    @field_validator("rdzv_endpoint")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        if value and (not host or not port.isdigit() or not 0 < int(port) < 65536):
+            raise PydanticCustomError("host_port", "host:port with a port from 1 to 65535, e.g. node0:29500")
+        return value
 
 
 class Params(_Section):
@@ -387,12 +406,20 @@ class Params(_Section):
     @model_validator(mode="after")
     def _distributed_fits(self) -> Params:
         # every rank takes an equal slice of each global batch; SyncBatchNorm has no CPU / XLA kernel
-        n, details = self.distributed.processes, list[InitErrorDetails]()
+        n, details = self.distributed.ranks, list[InitErrorDetails]()
         for section in ("teacher", "student"):
             batch = getattr(self, section).optim.batch_size
             if batch % n:
-                why = PydanticCustomError("batch_split", "a multiple of distributed.processes ({n})", {"n": n})
+                what = "a multiple of the training ranks, distributed.processes x distributed.nodes ({n})"
+                why = PydanticCustomError("batch_split", what, {"n": n})
                 details.append(InitErrorDetails(type=why, loc=(section, "optim", "batch_size"), input=batch))
+        if self.distributed.nodes > 1 and not self.distributed.rdzv_endpoint:
+            why = PydanticCustomError(
+                "rdzv_endpoint",
+                "node 0's host:port (e.g. node0:29500) when distributed.nodes is {n}",
+                {"n": self.distributed.nodes},
+            )
+            details.append(InitErrorDetails(type=why, loc=("distributed", "rdzv_endpoint"), input=""))
         if self.distributed.sync_batchnorm and self.device in ("cpu", "xla"):
             why = PydanticCustomError(
                 "sync_batchnorm",

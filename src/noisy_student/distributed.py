@@ -1,15 +1,17 @@
-"""Several training processes on one machine: torchrun, DistributedDataParallel, ranks.
+"""Several training processes, on one machine or several: torchrun, DistributedDataParallel, ranks.
 
 ``distributed.processes: N`` in the params trains a teacher or a student with ``N`` processes. The
 stage is still started as one process (``python -m stages.teacher ...``, by DVC or by hand); it runs
 its own command again under ``torchrun --standalone --nproc_per_node N`` and exits with torchrun's
-code (:func:`relaunch`). Every rank joins the process group (:func:`process_group`: gloo on CPU, nccl
-on CUDA with GPU ``LOCAL_RANK`` each), the training loop wraps the model in DDP, each rank trains on
-its contiguous slice of the same globally drawn batch and DDP averages the gradients, so
-``optim.batch_size`` stays the global batch. Rank 0 alone tracks, evaluates and writes; the others
-wait for it at barriers.
+code (:func:`relaunch`). With ``distributed.nodes: M`` that machine is node 0 of an ``M``-machine job
+(static rendezvous at ``distributed.rdzv_endpoint``): it prints the command every other node runs
+(:func:`join_command`) and waits for them. Every rank joins the process group (:func:`process_group`:
+gloo on CPU, nccl on CUDA with GPU ``LOCAL_RANK`` each), the training loop wraps the model in DDP,
+each rank trains on its contiguous slice of the same globally drawn batch and DDP averages the
+gradients, so ``optim.batch_size`` stays the global batch. Rank 0 alone tracks, evaluates and writes;
+the others wait for it at barriers.
 
-With ``processes: 1`` nothing here runs: no torchrun, no process group, :func:`world` is the single
+With one process nothing here runs: no torchrun, no process group, :func:`world` is the single
 process and every collective below is a no-op.
 """
 
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -69,14 +73,41 @@ def under_torchrun(environ: Mapping[str, str] = os.environ) -> bool:
 
 
 def torchrun_command(
-    processes: int, argv: Sequence[str], module: str | None, python: str = sys.executable
+    processes: int,
+    argv: Sequence[str],
+    module: str | None,
+    python: str = sys.executable,
+    nodes: int = 1,
+    node_rank: int = 0,
+    endpoint: str = "",
 ) -> list[str]:
     """The command that runs ``argv`` (this process's ``sys.argv``) as ``processes`` ranks on this machine.
 
     ``module``: the module run with ``python -m`` (``__main__.__spec__.name``), None for a script.
+    ``nodes`` > 1: this machine is node ``node_rank`` of a job whose node 0 listens at ``endpoint``
+    (host:port). The rendezvous is static, not c10d: c10d numbers the nodes in the order of their
+    hosts' names and process ids, so global rank 0 (which tracks and writes the outputs) could land
+    on a machine that is not the one DVC runs on; with ``--node-rank`` node 0 always holds it.
     """
     target = ["-m", module, *argv[1:]] if module else list(argv)
-    return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", *target]
+    if nodes == 1:
+        return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", *target]
+    job = [f"--nnodes={nodes}", f"--node_rank={node_rank}", f"--nproc_per_node={processes}"]
+    rendezvous = ["--rdzv_backend=static", f"--rdzv_endpoint={endpoint}", "--max_restarts=0"]
+    return [python, "-m", "torch.distributed.run", *job, *rendezvous, *target]
+
+
+# the environment a rank on another node needs to find this job's files: the project root (checkpoints)
+_NODE_ENV = ("NOISY_STUDENT_ROOT", "DVC_ROOT", "PYTHONPATH")
+
+
+def join_command(processes: int, nodes: int, node_rank: int, endpoint: str, argv: Sequence[str]) -> str:
+    """The shell line node ``node_rank`` runs to join this stage's job: same folder, same interpreter,
+    same stage arguments, the project root and ``PYTHONPATH`` of this process. Every node must see the
+    project's files at the same paths (a shared file system, as on a cluster)."""
+    env = [f"{name}={os.environ[name]}" for name in _NODE_ENV if os.environ.get(name)]
+    command = torchrun_command(processes, argv, _main_module(), sys.executable, nodes, node_rank, endpoint)
+    return f"cd {shlex.quote(os.getcwd())} && " + shlex.join([*(["env", *env] if env else []), *command])
 
 
 def _main_module() -> str | None:
@@ -93,21 +124,34 @@ def die_with_parent() -> None:
         _LIBC.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
 
 
-def relaunch(processes: int, threads: int) -> NoReturn:
+def relaunch(processes: int, threads: int, nodes: int = 1, endpoint: str = "") -> NoReturn:
     """Run this process's own command as ``processes`` torchrun ranks, wait for them, exit with torchrun's code.
 
     ``threads``: this stage's torch threads, shared out between the ranks (:func:`rank_threads`).
-    torchrun is stopped (it stops its ranks) when this process dies or is interrupted.
+    ``nodes`` > 1: this machine is node 0 of the job; the command each other node runs is printed
+    first (:func:`join_command`). torchrun is stopped (it stops its ranks) when this process dies or
+    is interrupted. When the ranks fail, one last line says so and how to resume.
     """
     env = {**os.environ, THREADS_ENV: str(threads), "OMP_NUM_THREADS": str(max(1, threads // processes))}
-    command = torchrun_command(processes, sys.argv, _main_module())
-    print(f"distributed.processes: {processes}: {' '.join(command)}", file=sys.stderr, flush=True)
+    command = torchrun_command(processes, sys.argv, _main_module(), sys.executable, nodes, 0, endpoint)
+    print(f"distributed: {processes} x {nodes}: {' '.join(command)}", file=sys.stderr, flush=True)
+    for node in range(1, nodes):
+        line = join_command(processes, nodes, node, endpoint, sys.argv)
+        print(f"distributed: node {node} of {nodes} runs: {line}", file=sys.stderr, flush=True)
     proc = subprocess.Popen(command, env=env, preexec_fn=die_with_parent)
     try:
         code = proc.wait()
     except KeyboardInterrupt:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait()
+    if code:
+        where = f"{processes * nodes} ranks on {nodes} nodes" if nodes > 1 else f"{processes} ranks"
+        print(
+            f"distributed: the job of {where} failed (torchrun exit {code}; the first error is above); "
+            "run the stage again (on every node) to resume from what it saved",
+            file=sys.stderr,
+            flush=True,
+        )
     sys.exit(code if code >= 0 else 128 - code)
 
 
@@ -155,6 +199,35 @@ def process_group(device: torch.device) -> Iterator[World]:
         yield world()
     finally:
         dist.destroy_process_group()
+
+
+def lost_peer(exc: BaseException) -> str | None:
+    """Why a collective failed when the cause is another rank gone (its process or its machine stopped),
+    in one line; None for any other error. gloo raises a plain RuntimeError naming its transport, nccl
+    a :class:`torch.distributed.DistError`."""
+    text = " ".join(str(exc).split())
+    if not (isinstance(exc, dist.DistError) or (isinstance(exc, RuntimeError) and "gloo" in text)):
+        return None
+    text = re.sub(r"^\[[^\]]*\] ", "", text)  # gloo's [source file:line] prefix
+    return text.split(". This is typically")[0]
+
+
+@contextmanager
+def peers_or_exit(what: str) -> Iterator[None]:
+    """Within a job of several ranks: a collective failing because another rank is gone ends this rank
+    with one line (exit 1) instead of a traceback; other errors pass through."""
+    try:
+        yield
+    except Exception as exc:
+        reason, w = lost_peer(exc), world()
+        if reason is None or w.size == 1:
+            raise
+        print(
+            f"error: [{what} rank {w.rank}/{w.size}] another rank of the job stopped ({reason}); its own log says why",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise SystemExit(1) from None
 
 
 def rank_device(device: torch.device) -> torch.device:

@@ -66,7 +66,7 @@ class RunPlan:
     allow_smaller: bool = False
     warm_start: bool = False  # start from the teacher's weights (Table 15), given to train_model
     precision: str = "auto"  # the ``precision`` param: autocast dtype, resolved on the device by train_model
-    processes: int = 1  # distributed.processes: training ranks on this machine (1: one process, no DDP)
+    ranks: int = 1  # training processes of the job, distributed.processes x nodes (1: one process, no DDP)
     sync_batchnorm: bool = False  # distributed.sync_batchnorm (CUDA only)
 
     @classmethod
@@ -81,7 +81,7 @@ class RunPlan:
             t.noise,
             params.eval.batch_size,
             precision=params.precision,
-            processes=params.distributed.processes,
+            ranks=params.distributed.ranks,
             sync_batchnorm=params.distributed.sync_batchnorm,
         )
 
@@ -104,7 +104,7 @@ class RunPlan:
             allow_smaller=s.allow_smaller,
             warm_start=s.init == "teacher",
             precision=params.precision,
-            processes=params.distributed.processes,
+            ranks=params.distributed.ranks,
             sync_batchnorm=params.distributed.sync_batchnorm,
         )
 
@@ -115,7 +115,7 @@ class RunPlan:
         one-process run keeps the key it always had.
         """
         plan = asdict(self)
-        for name, single in (("processes", 1), ("sync_batchnorm", False)):
+        for name, single in (("ranks", 1), ("sync_batchnorm", False)):
             if plan[name] == single:
                 del plan[name]
         digest = hashlib.sha256(json.dumps(_jsonable(plan), sort_keys=True).encode())
@@ -252,10 +252,10 @@ def train_model(
     rank calls it; the others get a result without metrics (rank 0 evaluates).
     """
     world = distributed.world()
-    if world.size != plan.processes:
+    if world.size != plan.ranks:
         raise PlanError(
-            f"distributed.processes is {plan.processes} but this process is one of {world.size}: "
-            "run the stage command as it is (it starts torchrun itself when processes > 1)"
+            f"distributed.processes x nodes is {plan.ranks} but this process is one of {world.size}: "
+            "run the stage command as it is (it starts torchrun itself when there are several)"
         )
     report = on_epoch if world.main else None  # rank 0 reports every epoch
     device = distributed.rank_device(resolve_device(plan.device))
