@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
+import typer
 
 from noisy_student import distributed
 from noisy_student.config import Params
 from noisy_student.console import fail, friendly_errors
 from noisy_student.devices import resolve_device
+from noisy_student.training.streams import dead_loader_worker
 from stages._common import torch_threads
 
 
@@ -39,3 +43,22 @@ def start_processes(params: Params, any_world: bool = False) -> None:
         )
     distributed.die_with_parent()  # torchrun gone (even killed): this rank goes too
     torch.set_num_threads(distributed.rank_threads())
+
+
+@contextmanager
+def stops_in_one_line(name: str) -> Iterator[None]:
+    """What stops a running stage from outside its code, one line and exit 1 instead of a traceback: another
+    rank or node gone, a DataLoader worker killed. What the stage saved stays (a training's last
+    checkpoint, predict's finished shards): the rerun resumes from it."""
+    try:
+        yield
+    except Exception as exc:
+        lost = distributed.lost_peer(exc)
+        reason = f"another rank of the job stopped ({lost}); its own log says why" if lost else None
+        reason = reason or dead_loader_worker(exc)
+        world = distributed.world()
+        if reason is None:
+            raise
+        who = f"{name} rank {world.rank}/{world.size}" if world.size > 1 else name
+        typer.secho(f"error: [{who}] {reason}; run the stage again to resume", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=1) from None

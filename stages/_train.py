@@ -9,10 +9,12 @@ import typer
 
 from noisy_student import distributed
 from noisy_student.console import friendly_errors
+from noisy_student.data.wds import WdsDataError
 from noisy_student.devices import resolve_device
 from noisy_student.paths import checkpoints_dir
 from noisy_student.training.locks import RunLockedError, claim_run
 from noisy_student.training.recipe import PlanError, RunPlan, TrainingInputs, train_model
+from stages._processes import stops_in_one_line
 
 
 @contextmanager
@@ -36,7 +38,8 @@ def exclusive_run(plan: RunPlan, inputs: TrainingInputs) -> Iterator[str]:
             if world.main:
                 raise
             raise typer.Exit(code=2) from None
-        with distributed.peers_or_exit(plan.name):  # a rank or node gone: one line, not a traceback
+        # a tar damaged while streaming (exit 2), a rank, node or loader worker gone (exit 1): one line each
+        with friendly_errors(WdsDataError), stops_in_one_line(plan.name):
             yield key
             distributed.barrier()
 

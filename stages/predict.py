@@ -10,7 +10,7 @@ import typer
 from noisy_student.console import PARAMS_OPTION, friendly_errors, params_or_exit
 from noisy_student.data.wds import WdsDataError
 from noisy_student.devices import inference_dtype, resolve_device
-from noisy_student.distributed import peers_or_exit, process_group, rank_device
+from noisy_student.distributed import process_group, rank_device
 from noisy_student.paths import UNLABELED
 from noisy_student.pseudo_labels.predict import (
     ShardJob,
@@ -21,7 +21,7 @@ from noisy_student.pseudo_labels.predict import (
 from noisy_student.seeds import seed_for
 from noisy_student.tracking import log_datasets, stage_run, tag_checkpoints, write_metrics
 from stages._common import METRICS_OPTION
-from stages._processes import start_processes
+from stages._processes import start_processes, stops_in_one_line
 
 SHARD_HELP = "i/N: label only input shards j with j % N == i (job i of N); the run without it, after them, merges."
 
@@ -53,7 +53,7 @@ def main(
     device = resolve_device(params.device)
     # a tar found damaged while labelling (truncated copy, bad member): one line naming it; the tars labelled
     # before it stay written, the MLflow run ends failed
-    with friendly_errors(WdsDataError), process_group(device) as world, peers_or_exit("predict"):
+    with friendly_errors(WdsDataError), process_group(device) as world, stops_in_one_line("predict"):
         job, device = ShardJob(part, world.rank, world.size), rank_device(device)
         amp_dtype = inference_dtype(params.precision, device)
         seed = seed_for(params.seed, "predict")

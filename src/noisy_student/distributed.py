@@ -204,30 +204,12 @@ def process_group(device: torch.device) -> Iterator[World]:
 def lost_peer(exc: BaseException) -> str | None:
     """Why a collective failed when the cause is another rank gone (its process or its machine stopped),
     in one line; None for any other error. gloo raises a plain RuntimeError naming its transport, nccl
-    a :class:`torch.distributed.DistError`."""
+    a :class:`torch.distributed.DistError`. Raised on every surviving rank at its next collective."""
     text = " ".join(str(exc).split())
     if not (isinstance(exc, dist.DistError) or (isinstance(exc, RuntimeError) and "gloo" in text)):
         return None
     text = re.sub(r"^\[[^\]]*\] ", "", text)  # gloo's [source file:line] prefix
     return text.split(". This is typically")[0]
-
-
-@contextmanager
-def peers_or_exit(what: str) -> Iterator[None]:
-    """Within a job of several ranks: a collective failing because another rank is gone ends this rank
-    with one line (exit 1) instead of a traceback; other errors pass through."""
-    try:
-        yield
-    except Exception as exc:
-        reason, w = lost_peer(exc), world()
-        if reason is None or w.size == 1:
-            raise
-        print(
-            f"error: [{what} rank {w.rank}/{w.size}] another rank of the job stopped ({reason}); its own log says why",
-            file=sys.stderr,
-            flush=True,
-        )
-        raise SystemExit(1) from None
 
 
 def rank_device(device: torch.device) -> torch.device:

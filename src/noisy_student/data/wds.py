@@ -31,7 +31,7 @@ import shutil
 import sys
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -337,6 +337,43 @@ def read_info(folder: str | Path, split: str | None = None) -> WdsInfo:
         if not tar.is_file():
             raise FileNotFoundError(f"{tar}: listed in {path} but missing; expected the split's tar file")
     return info
+
+
+def check_tars(folder: str | Path, tars: Sequence[str] | None = None, unique_keys: bool = True) -> None:
+    """Check a split folder's tars by their headers alone (no image is read): what streaming would find late.
+
+    Each of ``tars`` (names in ``_info.json``; None: all of them) must be complete (every member's data
+    inside the file: a truncated copy fails here), hold as many samples as ``_info.json`` lists and
+    each key once; with ``unique_keys`` no key may be in two tars either. timm's wds reader skips a
+    damaged tar with a warning and repeats others to fill its epoch, so training checks before it
+    starts. Raises :class:`WdsDataError` naming the tar (``FileNotFoundError`` for a missing one).
+    """
+    folder = Path(folder)
+    info = read_info(folder)
+    lengths = dict(zip(info.filenames, info.shard_lengths, strict=True))
+    owner: dict[str, str] = {}  # key -> the tar it was first seen in
+    for name in info.filenames if tars is None else tars:
+        owner = owner if unique_keys else {}
+        path = folder / name
+        size, keys, last = path.stat().st_size, 0, None
+        try:
+            with tarfile.open(path, mode="r:") as tar:  # seeks from header to header
+                for member in tar:
+                    if member.offset_data + member.size > size:
+                        raise WdsDataError(f"{path}: truncated inside {member.name} ({size} bytes); copy it again")
+                    base = member.name.rsplit("/", 1)[-1].partition(".")[0]
+                    if not member.isfile() or base == last:
+                        continue
+                    keys, last = keys + 1, base
+                    if base in owner:
+                        where = "twice in this tar" if owner[base] == name else f"also in {folder / owner[base]}"
+                        raise WdsDataError(f"{path}: sample {base} is {where}; expected each key once in the split")
+                    owner[base] = name
+        except tarfile.TarError as exc:
+            raise WdsDataError(f"{path}: not a readable tar file ({exc})") from None
+        if keys != lengths.get(name, keys):
+            listed = f"{folder / INFO_FILE} lists {lengths[name]}"
+            raise WdsDataError(f"{path}: {keys} samples but {listed}: a truncated or rewritten tar; copy it again")
 
 
 def decode_png(data: bytes, where: str) -> np.ndarray:

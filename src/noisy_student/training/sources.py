@@ -19,7 +19,7 @@ import torch
 
 from noisy_student.config import DataParams
 from noisy_student.data import ImageSet, class_count, load_imageset
-from noisy_student.data.wds import iter_tar, read_info, split_path
+from noisy_student.data.wds import check_tars, iter_tar, read_info, split_path
 from noisy_student.evaluation import images_tensor
 from noisy_student.pseudo_labels.targets import SelectedImages, student_targets
 from noisy_student.training.recipe import TrainingInputs, channel_stats
@@ -107,6 +107,9 @@ def _streamed(
     """The labeled split (and a student's selected pool images) streamed, with the labeled split's
     normalization (one value per channel: the channel count)."""
     info = read_info(labeled)
+    check_tars(labeled)  # before training: timm's reader would skip a damaged tar and repeat others
+    if unlabeled is not None and pseudo is not None:  # joined by (id, tar): keys need only be unique per tar
+        check_tars(unlabeled, sorted(set(pseudo.shards.tolist())), unique_keys=False)
     mean, std = shard_channel_stats(labeled)
     train = StreamedTrainData(
         labeled, info.num_samples, len(mean), num_classes, smoothing, workers, info.split, unlabeled, pseudo
