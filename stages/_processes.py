@@ -13,7 +13,6 @@ from noisy_student import distributed
 from noisy_student.config import Params
 from noisy_student.console import fail, friendly_errors
 from noisy_student.devices import resolve_device
-from noisy_student.training.streams import dead_loader_worker
 from stages._common import torch_threads
 
 
@@ -55,7 +54,7 @@ def stops_in_one_line(name: str) -> Iterator[None]:
     except Exception as exc:
         lost = distributed.lost_peer(exc)
         reason = f"another rank of the job stopped ({lost}); its own log says why" if lost else None
-        reason = reason or dead_loader_worker(exc)
+        reason = reason or distributed.dead_loader_worker(exc)
         world = distributed.world()
         if reason is None:
             raise

@@ -96,7 +96,8 @@ def override_problems(text: str) -> list[str]:
                 problems.append(f"{shown}: no key '{key}' in params.yaml (DVC refuses it; '++' adds a key)")
             elif PLACEHOLDER.search(value):
                 _set(combined, key, _current(key, default))  # only the key can be checked
-                placeholders.append(key)
+                if _has_key(default, key):  # its value is unknown, its name is not
+                    placeholders.append(key)
             else:
                 values = [_value(item) for item in value.split(",")]  # a grid: one experiment per value
                 if all(v == _current(key, default) for v in values):

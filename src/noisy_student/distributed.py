@@ -171,6 +171,19 @@ def check_sync_batchnorm(sync_batchnorm: bool, device: torch.device) -> None:
         )
 
 
+def dead_loader_worker(exc: BaseException) -> str | None:
+    """The message when ``exc`` (or an error it was raised from) is torch's report of a DataLoader worker that
+    died (killed, out of memory), else None. torch raises it from its SIGCHLD handler, wherever the training
+    process is at that moment, so a library it was in may have wrapped it (MLflow does)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        text = " ".join(str(seen).split())
+        if "DataLoader worker (pid" in text:
+            return text[text.index("DataLoader worker (pid") :]
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 @contextmanager
 def process_group(device: torch.device) -> Iterator[World]:
     """Under torchrun: this rank in the job's process group for the block; otherwise the single process.

@@ -25,7 +25,7 @@ import yaml
 
 from noisy_student.data import ImageSet, save_imageset
 from noisy_student.data.wds import WdsDataError, check_tars
-from noisy_student.training.streams import dead_loader_worker
+from noisy_student.distributed import dead_loader_worker
 from tests.conftest import ROOT, micro_params, run
 from tests.test_multinode import _env, _runs, _stage
 

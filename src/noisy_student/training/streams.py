@@ -119,19 +119,6 @@ class StreamedTrainData:
             digest.update(f"{folder.name}/{name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
 
 
-def dead_loader_worker(exc: BaseException) -> str | None:
-    """The message when ``exc`` (or an error it was raised from) is torch's report of a DataLoader worker that
-    died (killed, out of memory), else None. torch raises it from its SIGCHLD handler, wherever the training
-    process is at that moment, so a library it was in may have wrapped it (MLflow does)."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        text = " ".join(str(seen).split())
-        if "DataLoader worker (pid" in text:
-            return text[text.index("DataLoader worker (pid") :]
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
 def _mix(*values: int) -> int:
     """One 32-bit seed from several integers (run seed, purpose, epoch / pass, rank, reader)."""
     return int(np.random.SeedSequence([v & 0xFFFFFFFF for v in values]).generate_state(1)[0])
