@@ -180,3 +180,23 @@ def reproduced_micro(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Pa
     # --local: .dvc/config.local (git-ignored), so the copy's committed tree stays as the original's
     run([sys.executable, "-m", "dvc", "remote", "modify", "--local", "local", "url", str(tmp_path / "remote")], repo)
     return repo, out
+
+
+def wait_for_state(
+    folder: Path, run: str, updates_per_epoch: int, at_least: int, proc: subprocess.Popen, timeout: float = 180
+) -> dict[str, Any]:
+    """The resume state of training run ``run`` in ``folder`` once it is ``at_least`` updates in, while ``proc``
+    still runs; ``{}`` if ``proc`` ended or ``timeout`` passed first (the caller's assertion says which)."""
+    import torch  # here: most test files that import conftest need no torch
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        for found in folder.glob(f"{run}-*.pt") if folder.is_dir() else []:
+            try:
+                state = torch.load(found, weights_only=True)
+            except (EOFError, RuntimeError, OSError):  # being written
+                continue
+            if state["epoch"] * updates_per_epoch + state["step"] >= at_least:
+                return state
+        time.sleep(0.05)
+    return {}

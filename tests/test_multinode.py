@@ -28,7 +28,7 @@ import torch
 import yaml
 
 from noisy_student.data import ImageSet, save_imageset
-from tests.conftest import ROOT, micro_params, run, stage_env
+from tests.conftest import ROOT, micro_params, run, stage_env, wait_for_state
 
 JOIN = re.compile(r"^distributed: node 1 of 2 runs: (.+)$", re.MULTILINE)
 # installed in node 1's processes (PYTHONPATH): every file it opens for writing, renames into place or
@@ -193,16 +193,9 @@ def test_two_nodes_on_loopback_match_one_launch_of_two_ranks_and_resume_a_killed
 
     # teacher: node 1 dies (all its processes at once) once a few updates are checkpointed
     nodes = _Nodes(two, "teacher", audit)
-    ckpts, deadline, step, state = two / ".checkpoints", time.time() + 180, 0, {}
-    while time.time() < deadline and nodes.node0.poll() is None and step < 8:
-        for found in ckpts.glob("teacher-*.pt") if ckpts.is_dir() else []:
-            try:
-                state = torch.load(found, weights_only=True)
-                step = state["epoch"] * 6 + state["step"]
-            except (EOFError, RuntimeError, OSError):
-                pass
-        time.sleep(0.05)
-    assert nodes.node0.poll() is None and step >= 8, f"the teacher ended before the kill:\n{nodes.logs()}"
+    ckpts = two / ".checkpoints"
+    state = wait_for_state(ckpts, "teacher", 6, 8, nodes.node0)
+    assert nodes.node0.poll() is None and state, f"the teacher ended before the kill:\n{nodes.logs()}"
     os.killpg(nodes.node1.pid, signal.SIGKILL)
     # rank 0 saved both ranks' resume states (a stream's order is a function of seed, epoch, rank and
     # loader workers: its state is the workers count), each rank its own generator

@@ -20,13 +20,12 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-import torch
 import yaml
 
 from noisy_student.data import ImageSet, save_imageset
 from noisy_student.data.wds import WdsDataError, check_tars
 from noisy_student.distributed import dead_loader_worker
-from tests.conftest import ROOT, micro_params, run
+from tests.conftest import ROOT, micro_params, run, wait_for_state
 from tests.test_multinode import _env, _runs, _stage
 
 
@@ -108,15 +107,8 @@ def test_the_teacher_refuses_colliding_labeled_tars_before_training(tmp_path: Pa
 def test_a_killed_loader_worker_stops_the_teacher_in_one_line_and_the_rerun_resumes(tmp_path: Path) -> None:
     work = _streamed(tmp_path / "w", workers=2, epochs=30)  # 96 / 16 = 6 updates an epoch, a state after each
     stage = subprocess.Popen(_stage(work, "teacher"), cwd=ROOT, env=_env(work), stderr=subprocess.PIPE, text=True)
-    deadline, step = time.time() + 180, 0
-    while time.time() < deadline and stage.poll() is None and step < 8:
-        for found in (work / ".checkpoints").glob("teacher-*.pt"):
-            try:
-                state = torch.load(found, weights_only=True)
-                step = state["epoch"] * 6 + state["step"]
-            except (EOFError, RuntimeError, OSError):
-                pass
-        time.sleep(0.05)
+    assert wait_for_state(work / ".checkpoints", "teacher", 6, 8, stage), "the teacher ended before a state"
+    deadline = time.time() + 180
     killed = None  # the loaders are built afresh every epoch: their workers come and go
     while killed is None and stage.poll() is None and time.time() < deadline:
         for proc in psutil.Process(stage.pid).children():
