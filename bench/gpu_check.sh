@@ -63,5 +63,9 @@ step predict 90 "$py" bench/predict.py --device cuda --images 65536 --repeats 2
 
 echo
 echo "gpu_check on $gpus GPU(s), torch $("$py" -c 'import torch; print(torch.__version__, "CUDA", torch.version.cuda)')"
-printf '%s\n' "step|status|seconds|result" "${rows[@]}" | column -t -s '|'
+# printf, not column(1): a bare CUDA image may not have util-linux's column (the first H200 run had none)
+for row in "step|status|seconds|result" "${rows[@]}"; do
+  IFS='|' read -r name status seconds result <<<"$row"
+  printf '%-11s %-22s %7s  %s\n' "$name" "$status" "$seconds" "$result"
+done
 exit "$failed"
