@@ -98,6 +98,19 @@ def stage_env(work: Path) -> dict[str, str]:
     }
 
 
+@pytest.fixture(autouse=True)
+def _tracking_uri_restored() -> Iterator[None]:
+    """Undo a test's ``mlflow.set_tracking_uri``: it also sets MLFLOW_TRACKING_URI in this process's environment,
+    which every later stage this worker starts would inherit, logging to that test's store (seen: queued
+    experiments' runs went to another test's copy)."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if os.environ.get("MLFLOW_TRACKING_URI") != before and "mlflow" in sys.modules:
+        import mlflow
+
+        mlflow.set_tracking_uri(before)  # None unsets both mlflow's global and the variable
+
+
 @pytest.fixture(scope="module")
 def one_thread() -> Iterator[None]:
     """Torch on one thread for a module: on a small shared CPU, intra-op threads contend and small ops crawl."""
@@ -159,7 +172,9 @@ def _reproduced_micro(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, s
         pytest.fail(f"{FASHION_MNIST} missing: the test setup installs dataset-fashion-mnist (make test)")
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
     repo = make_project(tmp_path_factory.mktemp("reproduced"), micro_params(base))
-    out = run([sys.executable, "-m", "dvc", "repro"], repo).stdout
+    # system metrics sampled every 0.2 s: micro trainings take about a second (tests/test_tracking_e2e.py)
+    sampling = {"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.2"}
+    out = run([sys.executable, "-m", "dvc", "repro"], repo, env=sampling).stdout
     return repo, out
 
 

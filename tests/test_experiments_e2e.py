@@ -1,15 +1,14 @@
-"""Iterations and queued experiment grids with real DVC, on the micro profile."""
+"""Iterating with real DVC, on the micro profile (queued experiment grids: tests/test_tracking_e2e.py)."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-import mlflow
 import pytest
 import yaml
 
-from tests.conftest import REPRODUCED, run, run_queue
+from tests.conftest import REPRODUCED, run
 
 DVC = [sys.executable, "-m", "dvc"]
 
@@ -52,31 +51,3 @@ def test_second_iteration_is_labeled_by_the_first_student(reproduced_micro: tupl
     stale = {line.rstrip(":") for line in status if line.endswith(":") and not line.startswith(("\t", " "))}
     assert {"predict@it2", "filter-balance@it2", "student@it2"} <= stale, stale
     assert not stale & {"teacher", "predict@it1", "student@it1", "eval@it1", "eval@teacher"}, stale
-
-
-@pytest.mark.slow
-@REPRODUCED
-def test_queued_experiments_log_to_the_project_store(reproduced_micro: tuple[Path, str]) -> None:
-    repo, _ = reproduced_micro
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-q", "-m", "baseline results"], repo)
-    for name, magnitude in (("mag2", 2), ("mag4", 4)):
-        run(DVC + ["exp", "run", "--queue", "-n", name, "-S", f"noise.randaugment_magnitude={magnitude}"], repo)
-    status = run_queue(repo, jobs=2)
-    assert "Failed" not in status, status + _queue_logs(repo)
-    shown = run(DVC + ["exp", "show", "--no-pager", "--csv"], repo).stdout
-    assert "mag2" in shown and "mag4" in shown, shown
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("noisy-student")
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
-    by_exp = {r.data.tags.get("dvc_exp") for r in runs if r.info.run_name == "student@it1"}
-    assert {"mag2", "mag4"} <= by_exp, by_exp
-    # queued runs happen in temporary workspaces; nothing may be written to a store there
-    assert not list((repo / ".dvc" / "tmp").rglob("mlflow.db"))
-
-
-def _queue_logs(repo: Path) -> str:
-    return "".join(
-        f"\n--- dvc queue logs {name} ---\n" + run(DVC + ["queue", "logs", name], repo, check=False).stdout
-        for name in ("mag2", "mag4")
-    )

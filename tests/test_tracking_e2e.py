@@ -1,8 +1,10 @@
-"""Acceptance: the workspace pipeline and two queued experiments, read back through a real MLflow server's REST API.
+"""Acceptance: the workspace pipeline and two queued experiments, all in the project's own MLflow store, read
+back through a real ``mlflow server`` on that store (its REST API, as the UI reads it).
 
-One parent run per pipeline run, every stage run nested under its own parent, headline metrics and
-dataset inputs on each parent, the training experiment kind, system metrics and machine tags on
-training runs, each student registered and ``champion`` on the best one.
+Queued experiments run in temporary DVC workspaces at once and still log to the project's store. One parent
+run per pipeline run, every stage run nested under its own parent, headline metrics and dataset inputs on
+each parent, the training experiment kind, system metrics and machine tags on training runs, each student
+registered and ``champion`` on the best one.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +29,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import run, run_queue
+from tests.conftest import REPRODUCED, run, run_queue
 
 DVC = [sys.executable, "-m", "dvc"]
 TARGETS = ["eval@teacher", "eval@it1"]  # the README's ablation targets: no robustness evaluations
@@ -39,13 +42,14 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def mlflow_server(tmp_path: Path) -> Iterator[str]:
-    """``mlflow server`` on a free loopback port with its own SQLite store; stopped (its process group) at teardown."""
+@contextmanager
+def mlflow_server(store: Path, tmp_path: Path) -> Iterator[str]:
+    """``mlflow server`` on a free loopback port serving the SQLite store ``store``; stopped (its process group)
+    on exit."""
     port = _free_port()
     log = open(tmp_path / "mlflow-server.log", "w")  # noqa: SIM115 (closed at teardown)
     cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}"]
+    cmd += ["--workers", "1", "--backend-store-uri", f"sqlite:///{store}"]
     cmd += ["--artifacts-destination", str(tmp_path / "server-artifacts")]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -112,12 +116,9 @@ def _datasets(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 @pytest.mark.slow
-def test_pipeline_runs_group_their_stage_runs(micro_project: Path, mlflow_server: str) -> None:
-    repo = micro_project
-    env = {"MLFLOW_TRACKING_URI": mlflow_server, "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.2"}
-    env["NOISY_STUDENT_THREADS"] = os.environ.get("NOISY_STUDENT_THREADS", "1")
-    # the workspace pipeline, with the attack evaluations for the FGSM / PGD headline metrics
-    run(DVC + ["repro", *TARGETS, "eval-FGSM@teacher", "eval-FGSM@it1"], repo, env=env)
+@REPRODUCED
+def test_pipeline_runs_group_their_stage_runs(reproduced_micro: tuple[Path, str], tmp_path: Path) -> None:
+    repo, _ = reproduced_micro  # the workspace pipeline, every stage (its runs in repo/mlflow.db)
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-q", "-m", "baseline results"], repo)
@@ -126,9 +127,26 @@ def test_pipeline_runs_group_their_stage_runs(micro_project: Path, mlflow_server
             DVC + ["exp", "run", "--queue", "-n", name, "-S", f"noise.randaugment_magnitude={magnitude}", *TARGETS],
             repo,
         )
-    status = run_queue(repo, jobs=2, env=env)  # both at once: each must find its own parent
-    assert "Failed" not in status, run(DVC + ["queue", "logs", "mag2"], repo, env=env, check=False).stdout + status
+    # both at once: each must find its own parent, and write to the project's store from its temporary workspace
+    env = {"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.2"}
+    status = run_queue(repo, jobs=2, env=env)
+    assert "Failed" not in status, _queue_logs(repo) + status
+    shown = run(DVC + ["exp", "show", "--no-pager", "--csv"], repo).stdout
+    assert all(name in shown for name in EXPERIMENTS), shown
+    assert not list((repo / ".dvc" / "tmp").rglob("mlflow.db"))  # no store left in a temporary workspace
 
+    with mlflow_server(repo / "mlflow.db", tmp_path) as url:
+        _check_runs(url, repo, lock)
+
+
+def _queue_logs(repo: Path) -> str:
+    return "".join(
+        f"\n--- dvc queue logs {name} ---\n" + run(DVC + ["queue", "logs", name], repo, check=False).stdout
+        for name in EXPERIMENTS
+    )
+
+
+def _check_runs(mlflow_server: str, repo: Path, lock: dict[str, Any]) -> None:
     experiment = _api(mlflow_server, "experiments/get-by-name", experiment_name="noisy-student")["experiment"]
     assert _tags(experiment)["mlflow.experimentKind"] == "custom_model_development"  # the UI's training kind
     runs = _search_runs(mlflow_server, experiment["experiment_id"])
@@ -146,8 +164,7 @@ def test_pipeline_runs_group_their_stage_runs(micro_project: Path, mlflow_server
             continue
         assert tags["mlflow.parentRunId"] == parents[tags["dvc_exp"]]["info"]["run_id"], r["info"]["run_name"]
         children[tags["dvc_exp"]].add(r["info"]["run_name"])
-    pipeline = {"prepare", "teacher", "predict@it1", "filter-balance@it1", "student@it1", "eval-FGSM@teacher"}
-    assert children["workspace"] == pipeline | set(TARGETS) | {"eval-FGSM@it1"}, children["workspace"]
+    assert children["workspace"] == set(lock) - {"check-params", "report"}, children["workspace"]  # neither logs a run
     for name in EXPERIMENTS:
         assert children[name] == {"student@it1", "eval@it1"}, children[name]  # the rest was cached
 
@@ -192,10 +209,6 @@ def test_pipeline_runs_group_their_stage_runs(micro_project: Path, mlflow_server
     champion = _api(mlflow_server, "registered-models/alias", name="noisy-student", alias="champion")
     best = max(float(_tags(v)["top1"]) for v in versions)
     assert float(_tags(champion["model_version"])["top1"]) == best
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(mlflow_server)
-    try:
-        net = mlflow.pytorch.load_model("models:/noisy-student@champion")  # the README's one line
-    finally:
-        mlflow.set_tracking_uri(previous)
+    mlflow.set_tracking_uri(mlflow_server)  # undone after the test (conftest)
+    net = mlflow.pytorch.load_model("models:/noisy-student@champion")  # the README's one line
     assert net(torch.rand(2, 1, 28, 28)).shape == (2, 10)
