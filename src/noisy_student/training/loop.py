@@ -294,7 +294,9 @@ def train_classifier(
         disable=not world.main,
     )
     mark_step = _xla_mark_step() if device.type == "xla" else None
-    with distributed.data_parallel(task, model, sync_batchnorm=sync_batchnorm), closing(source):
+    # the bar closed (its line ended) on the way out of an exception too, or the stage's one-line error is
+    # printed onto the end of the bar's unfinished line
+    with distributed.data_parallel(task, model, sync_batchnorm=sync_batchnorm), closing(source), closing(bar):
         if optim.compile:
             task.forward_module = torch.compile(task.trainable_module)
         model.train()
@@ -335,7 +337,6 @@ def train_classifier(
                         on_epoch(record)
                 if num_updates % optim.checkpoint_steps == 0 and num_updates < total_steps:
                     resume.save(progress)  # every rank: their generators are gathered
-    bar.close()
     resume.finish()
     return _eval_model(task, model), progress.history
 
