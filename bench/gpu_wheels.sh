@@ -27,11 +27,14 @@ google-auth-oauthlib google-cloud-core google-cloud-storage google-cloud-storage
 google-resumable-media googleapis-common-protos grpc-google-iam-v1 grpcio-status proto-plus pyasn1
 pyasn1-modules requests-oauthlib oauthlib av skops"
 
+never=$(tr ' ' '\n' <<<"$never")
+ours_always=$(tr ' ' '\n' <<<"$ours_always")
+
 pins=()
 while IFS= read -r line; do
   name=$(printf '%s' "${line%%==*}" | norm)
-  grep -qx "$name" <<<"$(tr ' \n' '\n\n' <<<"$never")" && continue
-  if ! grep -qx "$name" <<<"$have" || grep -qx "$name" <<<"$(tr ' ' '\n' <<<"$ours_always")"; then
+  grep -qx "$name" <<<"$never" && continue
+  if ! grep -qx "$name" <<<"$have" || grep -qx "$name" <<<"$ours_always"; then
     pins+=("$line")
   fi
 done < <(grep '==' constraints.txt)
@@ -46,10 +49,8 @@ for tag in manylinux_2_34 manylinux_2_31 manylinux_2_28 manylinux_2_27 manylinux
 done
 for pin in "${pins[@]}"; do
   # a pure-Python release published as an sdist only: built here, the wheel runs on any Python 3
-  if "$py" -m pip download -q --no-deps --only-binary=:all: --python-version "$pyver" --implementation cp \
+  if ! "$py" -m pip download -q --no-deps --only-binary=:all: --python-version "$pyver" --implementation cp \
     "${platforms[@]}" -d .whl "$pin" 2>/dev/null; then
-    :
-  else
     "$py" -m pip wheel -q --no-deps -w .whl "$pin"
   fi
 done

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -69,7 +70,20 @@ def test_bf16_channels_last_training_on_device_resident_images() -> None:
     assert (on_device == on_cpu).float().mean() >= 0.98
 
 
-def test_streamed_training_pins_memory_in_workers_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def deterministic_algorithms(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """CUDA's default kernels (cuDNN's weight gradients, atomics) may add in another order on every run; under
+    deterministic algorithms two runs agree bit for bit, as on CPU."""
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(before)
+
+
+def test_streamed_training_pins_memory_in_workers_and_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, deterministic_algorithms: None
+) -> None:
     shards = Shards(tmp_path / "shards")
     data = shards.data(workers=2)
     pinned: list[bool] = []
@@ -81,18 +95,6 @@ def test_streamed_training_pins_memory_in_workers_and_resumes(tmp_path: Path, mo
 
     monkeypatch.setattr(streams, "labeled_loader", recorded)
     ckpt = tmp_path / "state.pt"
-    # CUDA's default kernels (cuDNN's weight gradients, atomics) may add in another order on every run, so exact
-    # resume is checked under deterministic algorithms: then it must hold bit for bit, as on CPU
-    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        _check_resume(data, ckpt, pinned)
-    finally:
-        torch.use_deterministic_algorithms(deterministic)
-
-
-def _check_resume(data: object, ckpt: Path, pinned: list[bool]) -> None:
     full, _ = _train_streamed(data, ckpt, device=DEVICE)
     assert pinned and all(p == (DEVICE.type == "cuda") for p in pinned), pinned
 
