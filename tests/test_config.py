@@ -76,6 +76,19 @@ def test_evaluated_models_must_exist() -> None:
         parse_params(raw)
 
 
+def test_supervised_baselines_name_iterations_and_become_evaluable() -> None:
+    raw = _raw()
+    raw["supervised"] = ["it1"]
+    raw["evaluate"] = ["teacher", "supervised-it1", "it1"]
+    assert parse_params(raw).evaluate == ("teacher", "supervised-it1", "it1")
+    raw["supervised"] = ["it1", "it9"]
+    with pytest.raises(ParamsError, match=r"supervised\.1.*'it9' is not an iteration; allowed: it1, it2"):
+        parse_params(raw)
+    raw["supervised"] = []  # not trained, so not a model to evaluate
+    with pytest.raises(ParamsError, match=r"evaluate\.1.*'supervised-it1' is not a model of this pipeline"):
+        parse_params(raw)
+
+
 def test_missing_and_malformed_files(tmp_path: Path) -> None:
     with pytest.raises(ParamsError, match="not found"):
         load_params(tmp_path / "nope.yaml")

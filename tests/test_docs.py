@@ -99,7 +99,8 @@ def override_problems(text: str) -> list[str]:
                 if _has_key(default, key):  # its value is unknown, its name is not
                     placeholders.append(key)
             else:
-                values = [_value(item) for item in value.split(",")]  # a grid: one experiment per value
+                # a grid (one experiment per value) unless the commas are inside a list or mapping value
+                values = [_value(value)] if value[:1] in "[{" else [_value(item) for item in value.split(",")]
                 if all(v == _current(key, default) for v in values):
                     problems.append(f"{shown}: the default params already have this value, so it changes nothing")
                 _set(combined, key, values[0])
@@ -172,11 +173,13 @@ def test_the_checks_catch_what_they_are_for(tmp_path: Path) -> None:
         "dvc exp run -S seed=$s -S ++iterations.it2.student.optim.epochs=$e \\\n"
         "  -S filter.images_per_class=null -S filter.balance=false\n"  # valid only together, across a continuation
         "dvc exp run -S ++iterations.it2.student.init=teacher\n"  # it2 already warm-starts
+        "dvc exp run -S 'supervised=[it1]' -S 'evaluate=[teacher,it1,supervised-it2]'\n"  # it2 has no baseline
     )
     problems = override_problems(text)
-    assert len(problems) == 4, problems
+    assert len(problems) == 5, problems
     assert "changes nothing" in problems[0] and "no key" in problems[1] and "less than or equal" in problems[2]
-    assert "changes nothing" in problems[3]
+    assert "changes nothing" in problems[3] and "'supervised-it2' is not a model of this pipeline" in problems[4]
+    assert not override_problems("-S 'supervised=[it1]' -S 'evaluate=[teacher,it1,supervised-it1]'")  # one value
     assert override_problems("-S ++iterations.it2.student.optim.epoch=$e")  # an added key the schema lacks
 
     page = tmp_path / "page.md"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
+import yaml
 from dvc.repo import Repo
 
 from noisy_student import paths
@@ -11,13 +13,27 @@ from tests.conftest import ROOT
 
 
 def test_dvc_stages_write_the_files_paths_names() -> None:
-    repo = Repo(str(ROOT))
+    _check_outputs(Repo(str(ROOT)))
+
+
+def test_optional_supervised_baseline_stages_write_the_files_paths_names(tmp_path: Path) -> None:
+    shutil.copy(ROOT / "dvc.yaml", tmp_path)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["supervised"] = ["it1", "it2"]
+    params["evaluate"] += ["supervised-it2"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    names = _check_outputs(Repo.init(str(tmp_path), no_scm=True))
+    assert {"supervised@it1", "supervised@it2", "eval@supervised-it2", "eval-C@supervised-it2"} <= names
+
+
+def _check_outputs(repo: Repo) -> set[str]:
     stages = list(repo.index.stages)
     assert stages, "dvc.yaml has no stages"
     for stage in stages:
-        name, target = paths.parse_run_name(stage.addressing)
+        name, target = paths.parse_run_name(stage.name)
         written = {Path(str(out.def_path)) for out in stage.outs}
-        assert written == _stage_outputs(name, target), stage.addressing
+        assert written == _stage_outputs(name, target), stage.name
+    return {stage.name for stage in stages}
 
 
 def test_run_names_round_trip() -> None:
@@ -25,6 +41,8 @@ def test_run_names_round_trip() -> None:
         assert paths.parse_run_name(paths.run_name(stage, target)) == (stage, target)
     assert paths.model_run_names("teacher") == ("eval@teacher", "teacher")
     assert paths.model_run_names("it2") == ("eval@it2", "student@it2")
+    assert paths.model_run_names("supervised-it1") == ("eval@supervised-it1", "supervised@it1")
+    assert paths.supervised_of(paths.supervised_model("it10")) == "it10" and paths.supervised_of("it1") is None
 
 
 def _stage_outputs(stage: str, target: str | None = None) -> set[Path]:
@@ -46,6 +64,11 @@ def _stage_outputs(stage: str, target: str | None = None) -> set[Path]:
             paths.filter_classes_csv(str(target)),
         },
         "student": training,
+        "supervised": {
+            paths.model_file(paths.supervised_model(str(target))),
+            paths.curves_file(paths.supervised_model(str(target))),
+            paths.curves_file(paths.supervised_model(str(target)), "png"),
+        },
         "robustness-data": {paths.ROBUSTNESS_DATA},
         "eval": {paths.test_predictions(str(target))},
         "eval-FGSM": {

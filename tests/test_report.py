@@ -13,9 +13,10 @@ import pytest
 import yaml
 from mlflow.entities import Metric, Param
 
-from noisy_student.config import load_params
+from noisy_student.config import load_params, parse_params
 from noisy_student.report.build import write_report
 from noisy_student.report.history import mlflow_runs, training_histories
+from noisy_student.report.inputs import paired_gains
 from noisy_student.report.tables import (
     ablation_table,
     iteration_table,
@@ -440,3 +441,36 @@ def test_training_histories_take_the_latest_run_of_each_experiment(tmp_path: Pat
     assert list(workspace["epoch"]) == [3] and workspace["top1"].tolist() == pytest.approx([90.0])  # step 0 dropped
     hard = hist[hist["dvc_exp"] == "hard-labels"]
     assert list(hard["epoch"]) == [1, 2] and hard["top1"].tolist() == pytest.approx([61.0, 71.0])
+
+
+def test_a_supervised_baseline_splits_the_gain_into_network_and_noisy_student(tmp_path: Path) -> None:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["supervised"] = ["it1"]
+    raw["evaluate"] = ["teacher", "supervised-it1", "it1", "it2"]
+    raw["iterations"]["it3"] = {"teacher": "it2", "student": {"model": {"arch": "resnet26d"}}}  # another network
+    params = parse_params(raw)
+    labels = [i % 10 for i in range(100)]
+    # right on the first k images: teacher 70, the same-network baseline 80, it1 86, it2 90, it3 91
+    for model, k in (("teacher", 70), ("supervised-it1", 80), ("it1", 86), ("it2", 90), ("it3", 91)):
+        rows = [(i, labels[i], labels[i] if i < k else (labels[i] + 1) % 10) for i in range(100)]
+        path = tmp_path / "predictions" / f"eval-{model}.csv"
+        path.parent.mkdir(exist_ok=True)
+        pd.DataFrame(rows, columns=["id", "label", "prediction"]).to_csv(path, index=False)
+    gains = dict(paired_gains(tmp_path, params))
+    # it3's student is another network: the baseline says nothing about it
+    assert list(gains) == [
+        "teacher -> it1",
+        "it1 -> it2",
+        "it2 -> it3",
+        "teacher -> it3",
+        "teacher -> supervised-it1",
+        "supervised-it1 -> it1",
+        "supervised-it1 -> it2",
+    ]
+    network, noisy_student = gains["teacher -> supervised-it1"], gains["supervised-it1 -> it2"]
+    assert network is not None and noisy_student is not None
+    assert (network.gain, network.b_only, network.a_only) == (pytest.approx(0.10), 10, 0)
+    assert (noisy_student.gain, noisy_student.b_only) == (pytest.approx(0.10), 10)
+    # the two shares add up to the whole gain, image by image
+    assert network.gain + noisy_student.gain == pytest.approx(0.20)
+    assert network.p_mcnemar == pytest.approx(2 / 2**10)  # 10 of 10 disagreements one way, two-sided

@@ -5,8 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
-from noisy_student.config import ModelParams, OptimParams, StudentNoiseParams
+from noisy_student.config import ModelParams, OptimParams, StudentNoiseParams, parse_params
 from noisy_student.data.imageset import ImageSet
 from noisy_student.models import create_classifier
 from noisy_student.seeds import seed_everything
@@ -236,3 +237,18 @@ def test_warm_start_starts_from_the_teachers_weights_and_refuses_another_network
         build_model(_warm_plan("test_resnet"), inputs)
     with pytest.raises(PlanError, match="needs the teacher's architecture"):
         build_model(_warm_plan("resnet10t"), inputs, weights)
+
+
+def test_supervised_baseline_plan_is_the_iterations_network_with_the_teachers_recipe() -> None:
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    raw["iterations"]["it2"]["student"] = {"model": {"arch": "resnet26d"}, "optim": {"epochs": 3}}
+    raw["iterations"]["it2"]["noise"] = {"randaugment_magnitude": 15}
+    params = parse_params(raw)
+    teacher, plan = RunPlan.teacher(params), RunPlan.supervised(params, "it2")
+    assert plan.name == "supervised-it2"
+    assert plan.model.arch == "resnet26d" and plan.noise.randaugment_magnitude == 15  # it2's, overrides merged
+    assert plan.optim == teacher.optim and plan.optim.epochs == params.teacher.optim.epochs  # the teacher's budget
+    # labeled images only, from scratch, no Table 13 / FixRes phases and no size check against a teacher
+    assert (plan.unlabeled_ratio, plan.finetune_epochs, plan.fixres, plan.warm_start) == (0, 0, None, False)
+    assert plan.teacher_parameters is None and plan.seed == teacher.seed
+    assert RunPlan.supervised(params, "it1").model == params.student.model

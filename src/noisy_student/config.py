@@ -17,6 +17,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from noisy_student.paths import supervised_model
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -369,7 +371,10 @@ class Params(_Section):
     # Iterations: name -> {teacher: the model that labels for it ("teacher" or an
     # earlier iteration), overrides...}. Order of the mapping is the order of training.
     iterations: dict[str, IterationParams] = Field(default_factory=lambda: {"it1": IterationParams(teacher="teacher")})
-    # Models to evaluate ("teacher" and/or iteration names); dvc.yaml unrolls over it.
+    # Iterations whose student network also trains supervised, as the teacher does (the same-network
+    # baseline, model "supervised-<iteration>"); dvc.yaml unrolls the `supervised` stage over it.
+    supervised: tuple[str, ...] = ()
+    # Models to evaluate ("teacher", iteration names, "supervised-<iteration>"); dvc.yaml unrolls over it.
     evaluate: tuple[str, ...] = ("teacher", "it1")
 
     @model_validator(mode="after")
@@ -390,6 +395,18 @@ class Params(_Section):
                     )
                 )
             seen.append(name)
+        for index, name in enumerate(self.supervised):
+            if name not in self.iterations:
+                why = "{got} is not an iteration; allowed: {allowed}"
+                context = {"got": repr(name), "allowed": ", ".join(self.iterations) or "(none)"}
+                details.append(
+                    InitErrorDetails(
+                        type=PydanticCustomError("supervised_iteration", why, context),
+                        loc=("supervised", index),
+                        input=name,
+                    )
+                )
+        seen += [supervised_model(name) for name in self.supervised]
         for index, name in enumerate(self.evaluate):
             if name not in seen:
                 why = "{got} is not a model of this pipeline; allowed: {allowed}"
@@ -471,7 +488,7 @@ REMOVED_KEYS = {
 }
 
 # custom error types whose message already quotes the value found and says what is allowed
-_SELF_DESCRIBED = ("timm_model", "iteration_teacher", "evaluate_model")
+_SELF_DESCRIBED = ("timm_model", "iteration_teacher", "supervised_iteration", "evaluate_model")
 _MAX_INPUT_CHARS = 80
 
 

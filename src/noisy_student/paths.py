@@ -27,6 +27,9 @@ REPORTS = Path("reports")
 CURVES = METRICS / "curves"
 CONFIDENCE = METRICS / "confidence"
 TEACHER = "teacher"  # the first teacher's model name; iterations are named in params.yaml
+# an iteration's same-network baseline (params `supervised`): its student's network and noise, trained like the
+# teacher on the labeled images alone, so that a gain splits into the larger network's share and Noisy Student's
+SUPERVISED_PREFIX = "supervised-"
 # written by `check-params` once every key of params.yaml is valid; its content never varies, so a change to
 # one param reruns only the stages that read that param, while `prepare` (and so everything) waits for the check
 PARAMS_CHECK = METRICS / "params-check.json"
@@ -53,8 +56,18 @@ def checkpoints_dir() -> Path:
     return project_root() / ".checkpoints"
 
 
+def supervised_model(iteration: str) -> str:
+    """Model name of iteration ``iteration``'s same-network supervised baseline: ``supervised-it1``."""
+    return f"{SUPERVISED_PREFIX}{iteration}"
+
+
+def supervised_of(model: str) -> str | None:
+    """Inverse of :func:`supervised_model`: ``"supervised-it1"`` -> ``"it1"``; None for any other model name."""
+    return model.removeprefix(SUPERVISED_PREFIX) if model.startswith(SUPERVISED_PREFIX) else None
+
+
 def model_file(model: str) -> Path:
-    """Checkpoint of a pipeline model (``teacher`` or an iteration name)."""
+    """Checkpoint of a pipeline model (``teacher``, an iteration name, ``supervised-<iteration>``)."""
     return MODELS / f"{model}.pt"
 
 
@@ -67,8 +80,8 @@ def selected_file(iteration: str) -> Path:
 
 
 def training_name(model: str) -> str:
-    """Name of a model's training run in curves files (``teacher``, ``student-it1``)."""
-    return TEACHER if model == TEACHER else f"student-{model}"
+    """Name of a model's training run in curves files (``teacher``, ``student-it1``, ``supervised-it1``)."""
+    return model if model == TEACHER or supervised_of(model) else f"student-{model}"
 
 
 def metrics_file(stage: str, target: str | None = None, metrics: Path = METRICS) -> Path:
@@ -76,6 +89,7 @@ def metrics_file(stage: str, target: str | None = None, metrics: Path = METRICS)
     name = {
         "prepare": "prepare.json",
         "teacher": "teacher.json",
+        "supervised": f"{supervised_model(str(target))}.json",
         "predict": f"predict-{target}.json",
         "filter-balance": f"filter-{target}.json",
         "student": f"student-{target}.json",
@@ -144,4 +158,7 @@ def parse_run_name(name: str) -> tuple[str, str | None]:
 
 def model_run_names(model: str) -> tuple[str, str]:
     """The eval run and the training run of a model, in the order the report prefers their top-1."""
-    return run_name("eval", model), (TEACHER if model == TEACHER else run_name("student", model))
+    if model == TEACHER:
+        return run_name("eval", model), TEACHER
+    iteration = supervised_of(model)
+    return run_name("eval", model), run_name("supervised", iteration) if iteration else run_name("student", model)

@@ -77,7 +77,9 @@ def render(
         "Both models answer the same test images, so their difference is far more certain than either "
         "accuracy's spread over seeds: 95 % CI = paired bootstrap over the test images (2,000 resamples, "
         "seeded); B only / A only: images only that model gets right; McNemar p: exact test that those split "
-        "50/50. Empty cells: a model's per-image predictions (metrics/predictions) are missing.\n",
+        "50/50. Empty cells: a model's per-image predictions (metrics/predictions) are missing. With a "
+        "same-network baseline (params `supervised`), teacher -> supervised-itN is the larger network's share of "
+        "the gain and supervised-itN -> itN Noisy Student's.\n",
         _md(paired if paired is not None else pd.DataFrame()),
     ]
     if "accuracy" in images:

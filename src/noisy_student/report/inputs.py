@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from noisy_student.config import Params
-from noisy_student.paths import TEACHER, metrics_file, test_predictions
+from noisy_student.paths import TEACHER, metrics_file, supervised_model, test_predictions
 from noisy_student.seeds import seed_for
 from noisy_student.statistics import PairedComparison, compare_paired
 from noisy_student.tracking import flatten
@@ -96,11 +96,21 @@ def paired_comparison(a: pd.Series, b: pd.Series, seed: int) -> PairedComparison
 def paired_gains(metrics: Path, params: Params) -> list[tuple[str, PairedComparison | None]]:
     """Each student against the model that labeled its pool, and the last student against the first teacher,
     on the same test images (joined by id): label ``"teacher -> it1"`` and its comparison, None where a
-    model's per-image predictions are missing or the two were scored on different images."""
+    model's per-image predictions are missing or the two were scored on different images.
+
+    An evaluated same-network baseline ``supervised-<it>`` splits the gain: ``teacher -> supervised-it1`` is
+    the larger network's share, ``supervised-it1 -> itN`` Noisy Student's, for every iteration whose
+    student has that network.
+    """
     pairs = [(it.teacher, name) for name, it in params.iterations.items()]
     last = list(params.iterations)[-1] if params.iterations else None
     if last is not None and params.iterations[last].teacher != TEACHER:
         pairs.append((TEACHER, last))
+    networks = {name: params.for_iteration(name).student.model for name in params.iterations}
+    for it in params.supervised:
+        if (baseline := supervised_model(it)) in params.evaluate:
+            pairs.append((TEACHER, baseline))
+            pairs += [(baseline, name) for name, network in networks.items() if network == networks[it]]
     correct = {}
     for model in {m for pair in pairs for m in pair}:
         path = test_predictions(model, metrics)

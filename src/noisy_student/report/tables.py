@@ -408,6 +408,7 @@ def latest_training_runs(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _is_training_run(name: str) -> bool:
-    """``teacher`` or ``student@<it>``: the runs that log a test top-1 per epoch (eval runs log one value)."""
+    """``teacher``, ``student@<it>`` or ``supervised@<it>``: the runs that log a test top-1 per epoch (eval runs
+    log one value)."""
     stage, target = parse_run_name(name)
-    return name == model_run_names(TEACHER)[1] or (stage == "student" and target is not None)
+    return name == model_run_names(TEACHER)[1] or (stage in ("student", "supervised") and target is not None)

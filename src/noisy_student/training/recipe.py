@@ -37,7 +37,7 @@ from noisy_student.devices import inference_dtype, resolve_device, resolve_preci
 from noisy_student.evaluation import images_tensor, predict_logits, topk_accuracy
 from noisy_student.io import atomic_path
 from noisy_student.models import ImageClassifier, ModelSpec, check_student_size, create_classifier, save_checkpoint
-from noisy_student.paths import training_name
+from noisy_student.paths import supervised_model, training_name
 from noisy_student.seeds import seed_everything, seed_for
 from noisy_student.training.batches import TrainData, TrainSource, one_hot
 from noisy_student.training.fixres import fixres_finetune
@@ -79,6 +79,24 @@ class RunPlan:
             t.model,
             t.optim,
             t.noise,
+            params.eval.batch_size,
+            precision=params.precision,
+            ranks=params.distributed.ranks,
+            sync_batchnorm=params.distributed.sync_batchnorm,
+        )
+
+    @classmethod
+    def supervised(cls, params: Params, iteration: str) -> RunPlan:
+        """Iteration ``iteration``'s same-network baseline: its student's network and noise, trained as the
+        teacher is (labeled images only, the teacher's optimiser, schedule and epochs)."""
+        merged = params.for_iteration(iteration)
+        return cls(
+            training_name(supervised_model(iteration)),
+            params.seed,
+            params.device,
+            merged.student.model,
+            params.teacher.optim,
+            merged.noise,
             params.eval.batch_size,
             precision=params.precision,
             ranks=params.distributed.ranks,
