@@ -1,1 +1,1 @@
-"""Thin entry points, one per DVC stage; ``python -m stages --help`` lists them."""
+"""Thin entry points, one per DVC stage; ``noisy-student --help`` lists them."""

@@ -17,14 +17,10 @@ from stages._common import torch_threads
 
 
 def start_processes(params: Params, any_world: bool = False) -> None:
-    """Torch threads, and the ranks when ``distributed.processes`` or ``distributed.nodes`` > 1.
-
-    One process: threads as every stage sets them. Several, started as one process (by DVC or by
-    hand): run this same command under torchrun and exit with its code (never returns); with several
-    nodes this machine is node 0 and prints what the others run. A rank under torchrun: its share of
-    the threads, checked to be one of as many ranks as the params say, unless ``any_world``
-    (``predict``: any number of ranks labels the same files, so a hand-started torchrun of any size is fine).
-    """
+    """Torch threads, and the ranks when ``distributed.processes`` or ``distributed.nodes`` > 1: started as one
+    process, rerun this command under torchrun and exit with its code (node 0 prints what other nodes run); a
+    rank under torchrun takes its share of the threads and must be one of the params' ranks, unless
+    ``any_world`` (``predict``: any number of ranks labels the same files)."""
     d = params.distributed
     with friendly_errors(ValueError):
         distributed.check_sync_batchnorm(d.sync_batchnorm, resolve_device(params.device))

@@ -1,9 +1,6 @@
-"""Stage `check-params`: every key of params.yaml validated before any other stage runs.
-
-DVC reruns it on any change to params.yaml (it depends on the whole file) and ``prepare`` depends on its
-output, so a typo, an unknown key (``dvc exp run -S +key=...``) or a model timm does not have stops the
-pipeline here, with the key named, instead of being ignored by stages that never read it.
-"""
+"""Stage `check-params`: every key of params.yaml validated before any other stage runs (it depends on the whole
+file, `prepare` on its output), so a typo, an unknown key (``-S +key=...``) or a model timm does not have stops
+the pipeline here, with the key named, instead of being ignored by stages that never read it."""
 
 from __future__ import annotations
 

@@ -35,14 +35,9 @@ def main(
     params_file: Path = PARAMS_OPTION,
     shard: Annotated[str | None, typer.Option(help=SHARD_HELP, metavar="i/N")] = None,
 ) -> None:
-    """Predict soft pseudo labels at the configured temperature in eval mode.
-
-    Stores the full distribution, or its ``pseudo_labels.top_k`` largest entries when set. Tar j of
-    the pool becomes ``part-<j>.parquet``; shards already written with this teacher and these params
-    are skipped. ``--shard i/N`` jobs (any order, concurrently) and ``torchrun --nproc_per_node N -m
-    stages.predict ...`` (what ``distributed.processes: N`` starts) split the tars; the run without
-    ``--shard`` (rank 0 under torchrun) completes the folder and writes the metrics from its files.
-    """
+    """Soft pseudo labels (eval mode, ``pseudo_labels`` temperature / top_k): tar j of the pool -> ``part-<j>.parquet``,
+    skipped when already written with this teacher and params. ``--shard i/N`` jobs or torchrun ranks split the
+    tars; the run without ``--shard`` (rank 0) completes the folder and writes the metrics from its files."""
     with friendly_errors(ValueError):
         part = parse_shard(shard) if shard is not None else None
     params = params_or_exit(params_file, iteration)

@@ -1,5 +1,4 @@
-"""Stages `teacher` and `supervised@<it>`: train on the labeled images only (with noise), the first teacher or
-iteration <it>'s student network as its same-network baseline."""
+"""Stage `teacher`: train the first teacher on the labeled images only (with noise)."""
 
 from __future__ import annotations
 
@@ -20,15 +19,17 @@ from stages._train import exclusive_run, other_rank_trains
 def main(
     params_file: Path = PARAMS_OPTION,
     data: Path = typer.Option(paths.PREPARED, help="Folder written by `prepare`."),
-    out: Path = typer.Option(None, help="Checkpoint to write [default: models/<model>.pt]."),
-    metrics: Path = typer.Option(None, help="Metrics JSON (DVC metric) [default: metrics/<model>.json]."),
-    supervised: str = typer.Option("", help="An iteration: train its student's network and noise instead."),
+    out: Path = typer.Option(paths.model_file(paths.TEACHER), help="Checkpoint to write."),
+    metrics: Path = typer.Option(paths.metrics_file("teacher"), help="Metrics JSON (DVC metric)."),
 ) -> None:
     """Train the teacher with cross entropy, RandAugment, dropout and stochastic depth."""
+    train_on_labeled(params_file, data, out, metrics)
+
+
+def train_on_labeled(params_file: Path, data: Path, out: Path, metrics: Path, supervised: str | None = None) -> None:
+    """The teacher, or with ``supervised`` (an iteration) that iteration's same-network baseline: its student's
+    network and noise trained the teacher's way (stage ``supervised``)."""
     params = params_or_exit(params_file)
-    # --supervised it1: it1's same-network baseline (its student's network and noise, the teacher's recipe)
-    stage, model = ("supervised", paths.supervised_model(supervised)) if supervised else ("teacher", paths.TEACHER)
-    out, metrics = out or paths.model_file(model), metrics or paths.metrics_file(stage, supervised)
     start_processes(params)  # distributed.processes > 1: runs this command under torchrun instead
     labeled_file, test_file = split_path(data, "labeled"), split_path(data, "test")
     with friendly_errors(WdsDataError):  # tar folders, decoded into memory or streamed (data.residency)
@@ -38,9 +39,10 @@ def main(
     with exclusive_run(plan, inputs) as key:
         if other_rank_trains(plan, inputs, key):
             return
-        with tracking.stage_run(stage, params, sections, supervised or None, resume_key=key):
+        with tracking.stage_run("supervised" if supervised else "teacher", params, sections, supervised, key):
             tracking.log_datasets(training=(labeled_file,), evaluation=(test_file,))
             result = train_model(plan, inputs, paths.checkpoints_dir(), on_epoch=tracking.log_history, key=key)
+            model = paths.supervised_model(supervised) if supervised else paths.TEACHER
             csv, png = (paths.curves_file(model, s, metrics.parent) for s in ("csv", "png"))
             save_training_outputs(result, plan.name, out, csv)
             training_curves(result.history, plan.name, png)

@@ -85,11 +85,16 @@ def test_repro_exp_run_and_push(reproduced_micro: tuple[Path, str]) -> None:
     # nothing changed: nothing reruns
     assert "Stage 'teacher' didn't change" in run(DVC + ["repro"], repo).stdout
 
-    # the -S overrides rerun only what depends on the student (noise; FixRes finetune at 32 px)
-    fixres = ["-S", "student.fixres.epochs=1", "-S", "student.fixres.image_size=32"]
-    exp = run(DVC + ["exp", "run", "-n", "mag3", "-S", "noise.randaugment_magnitude=3", *fixres], repo).stdout
-    for downstream in ("student@it1", "eval@it1", "eval-C@it1", "eval-FGSM@it1"):
+    # the -S overrides rerun only what depends on the student (noise; FixRes finetune at 32 px) and add the
+    # same-network baseline (trained and evaluated; the teacher is not retrained)
+    fixres = ["-S", "student.fixres.epochs=1", "-S", "student.fixres.image_size=32", "-S", "student.optim.epochs=2"]
+    baseline = ["-S", "supervised=[it1]", "-S", "evaluate=[teacher,it1,supervised-it1]"]
+    exp = run(DVC + ["exp", "run", "-n", "mag3", "-S", "noise.randaugment_magnitude=3", *fixres, *baseline], repo)
+    exp = exp.stdout
+    for downstream in ("student@it1", "eval@it1", "eval-C@it1", "eval-FGSM@it1", "supervised@it1"):
         assert f"Running stage '{downstream}'" in exp, exp
+    for stage in ("eval", "eval-A", "eval-C", "eval-P", "eval-FGSM"):
+        assert f"Running stage '{stage}@supervised-it1'" in exp, exp
     for upstream in (
         "prepare",
         "teacher",
@@ -110,10 +115,22 @@ def test_repro_exp_run_and_push(reproduced_micro: tuple[Path, str]) -> None:
     assert len(mag3) == 1
     # the finetuned student resizes its inputs itself; every evaluation ran on it
     student_metrics = json.loads((repo / "metrics" / "student-it1.json").read_text())
-    assert student_metrics["fixres_image_size"] == 32 and student_metrics["epochs"] == 1
+    assert student_metrics["fixres_image_size"] == 32 and student_metrics["epochs"] == 2
     fixed, spec, _ = load_classifier(repo / "models" / "it1.pt")
     assert spec.input_size == 32 and fixed(torch.rand(2, 1, 28, 28)).shape == (2, 10)
     assert json.loads((repo / "metrics" / "robustness" / "fgsm-it1.json").read_text())["fgsm_top1_eps16"] >= 0
+    # the baseline: the student's network and noise (the teacher's magnitude is 9), the teacher's epochs (1, the
+    # student's 2); its gains in the paired table
+    (_, spec, meta), (_, it1, _), (_, teacher, teacher_meta) = (
+        load_classifier(repo / "models" / f"{m}.pt") for m in ("supervised-it1", "it1", "teacher")
+    )
+    assert spec.arch == it1.arch and meta["noise"]["randaugment_magnitude"] == 3
+    assert teacher_meta["noise"]["randaugment_magnitude"] == 9
+    assert meta["epochs"] == teacher_meta["epochs"] == 1
+    assert "supervised@it1" in {r.info.run_name for r in _runs(repo)}
+    paired = (repo / "reports" / "report.md").read_text().split("(paired)")[1].split("\n## ")[0]
+    for label in ("teacher -> supervised-it1", "supervised-it1 -> it1"):
+        assert re.search(rf"^\|[^\n]*\|\s*{label}\s*\|[^\n]*\|\s*[\d.e+-]+\s*\|$", paired, re.M), paired
 
     # outputs go to the default local remote
     run(DVC + ["push"], repo)
