@@ -106,7 +106,8 @@ def paired_gains(metrics: Path, params: Params) -> list[tuple[str, PairedCompari
     last = list(params.iterations)[-1] if params.iterations else None
     if last is not None and params.iterations[last].teacher != TEACHER:
         pairs.append((TEACHER, last))
-    networks = {name: params.for_iteration(name).student.model for name in params.iterations}
+    # each iteration's merged params only when a baseline needs its network
+    networks = {n: params.for_iteration(n).student.model for n in params.iterations} if params.supervised else {}
     for it in params.supervised:
         if (baseline := supervised_model(it)) in params.evaluate:
             pairs.append((TEACHER, baseline))
