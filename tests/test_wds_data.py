@@ -184,6 +184,16 @@ def test_read_errors_name_the_file(tmp_path: Path) -> None:
     (tmp_path / "junk.tar").write_bytes(b"not a tar at all" * 100)
     with pytest.raises(WdsDataError, match=r"junk\.tar: not a readable tar file"):
         list(iter_tar(tmp_path / "junk.tar"))
+    # a copy cut inside its last member (the png of the last sample): the headers read, the data does not
+    save_imageset(tmp_path / "one.wds", _imageset(5, 3), 5)
+    tar = tmp_path / "one.wds" / "one-000000.tar"
+    with tarfile.open(tar) as t:
+        last = t.getmembers()[-1]
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(tar.read_bytes()[: last.offset_data + 10])
+    with pytest.raises(WdsDataError, match=rf"cut\.tar: truncated inside {last.name}"):
+        list(iter_tar(cut))
+    assert len(list(iter_tar(tar))) == 5
 
 
 # ---- the prepare stage on Fashion-MNIST -------------------------------------------------------------------
