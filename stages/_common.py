@@ -11,6 +11,7 @@ import typer
 MODEL_OPTION = typer.Option(..., help="Checkpoint to evaluate.")
 NAME_OPTION = typer.Option(..., help="Model name for the run and metrics (teacher, it1, ...).")
 METRICS_OPTION = typer.Option(..., help="Metrics JSON (DVC metric).")
+ITEMS_OPTION = typer.Option(None, help="CSV of per-image (per-sequence) values the report pairs models on.")
 
 
 def torch_threads() -> None:

@@ -8,7 +8,7 @@ import typer
 
 from noisy_student import paths
 from noisy_student.console import PARAMS_OPTION
-from stages._common import METRICS_OPTION, MODEL_OPTION, NAME_OPTION
+from stages._common import ITEMS_OPTION, METRICS_OPTION, MODEL_OPTION, NAME_OPTION
 from stages._robustness import run_benchmark
 
 
@@ -18,19 +18,16 @@ def main(
     data: Path = typer.Option(paths.ROBUSTNESS_DATA, help="Folder written by `robustness-data`."),
     test: Path = typer.Option(paths.TEST, help="Clean test set (for relative mCE)."),
     metrics: Path = METRICS_OPTION,
+    items: Path | None = ITEMS_OPTION,
     params_file: Path = PARAMS_OPTION,
 ) -> None:
     """Errors per corruption and severity, CE normalised by the reference model, mCE (x100).
 
     With `robustness.imagenet_c_dir` set: the released ImageNet-C, CE normalised by AlexNet.
     """
-    summary = run_benchmark("eval-C", "C", model, name, data, test, metrics, params_file)
-    nan = float("nan")
-    shown = {k: summary.get(k, nan) for k in ("mce", "relative_mce", "corrupted_top1")}
-    typer.echo(
-        f"eval-C {name}: mCE {shown['mce']:.1f}  relative mCE {shown['relative_mce']:.1f}  "
-        f"corrupted top-1 {100 * shown['corrupted_top1']:.2f} %"
-    )
+    summary = run_benchmark("eval-C", "C", model, name, data, test, metrics, params_file, items)
+    mce, rel, top1 = (summary.get(k, float("nan")) for k in ("mce", "relative_mce", "corrupted_top1"))
+    typer.echo(f"eval-C {name}: mCE {mce:.1f}  relative mCE {rel:.1f}  corrupted top-1 {100 * top1:.2f} %")
 
 
 if __name__ == "__main__":

@@ -8,11 +8,12 @@ import typer
 
 from noisy_student.console import PARAMS_OPTION, friendly_errors, params_or_exit
 from noisy_student.data import load_imageset
+from noisy_student.io import write_csv
 from noisy_student.paths import TEST, pgd_curve
 from noisy_student.report.charts import attack_curve
 from noisy_student.robustness.evaluate import evaluate_attacks, load_model_under_test, save_attack_curve
 from noisy_student.tracking import log_artifacts, log_datasets, stage_run, write_metrics
-from stages._common import METRICS_OPTION, MODEL_OPTION, NAME_OPTION, torch_threads
+from stages._common import ITEMS_OPTION, METRICS_OPTION, MODEL_OPTION, NAME_OPTION, torch_threads
 
 
 def main(
@@ -20,6 +21,7 @@ def main(
     name: str = NAME_OPTION,
     test: Path = typer.Option(TEST, help="Clean test set."),
     metrics: Path = METRICS_OPTION,
+    items: Path | None = ITEMS_OPTION,
     curve: Path = typer.Option(..., help="CSV epsilon,top1 (DVC plot)."),
     pgd: Path | None = typer.Option(None, help="CSV epsilon,steps,top1 of PGD (DVC plot); default: beside --curve."),
     plot: Path = typer.Option(..., help="PNG of the curve."),
@@ -38,10 +40,11 @@ def main(
         attack_curve({name: result.curve()}, f"FGSM ({name})", plot)
         log_artifacts("plots", plot)
         write_metrics(metrics, result.metrics())
+        if items is not None:
+            write_csv(items, result.items())
+    fgsm = ", ".join(f"eps {e:g}: {100 * a:.1f} %" for e, a in result.fgsm.items())
     typer.echo(
-        f"eval-FGSM {name}: "
-        + ", ".join(f"eps {e:g}: {100 * a:.1f} %" for e, a in result.fgsm.items())
-        + f"; PGD-{result.pgd_steps} eps {result.pgd_epsilon:g}: {100 * result.pgd_top1:.1f} %"
+        f"eval-FGSM {name}: {fgsm}; PGD-{result.pgd_steps} eps {result.pgd_epsilon:g}: {100 * result.pgd_top1:.1f} %"
     )
 
 

@@ -8,7 +8,7 @@ import typer
 
 from noisy_student import paths
 from noisy_student.console import PARAMS_OPTION
-from stages._common import METRICS_OPTION, MODEL_OPTION, NAME_OPTION
+from stages._common import ITEMS_OPTION, METRICS_OPTION, MODEL_OPTION, NAME_OPTION
 from stages._robustness import run_benchmark
 
 
@@ -17,13 +17,14 @@ def main(
     name: str = NAME_OPTION,
     data: Path = typer.Option(paths.ROBUSTNESS_DATA, help="Folder written by `robustness-data`."),
     metrics: Path = METRICS_OPTION,
+    items: Path | None = ITEMS_OPTION,
     params_file: Path = PARAMS_OPTION,
 ) -> None:
     """Flip probability per perturbation (noise sequences vs the first frame), FR and mFR (x100).
 
     With `robustness.imagenet_p_dir` set: the released ImageNet-P (mFR needs `robustness.p_baseline_file`).
     """
-    summary = run_benchmark("eval-P", "P", model, name, data, None, metrics, params_file)
+    summary = run_benchmark("eval-P", "P", model, name, data, None, metrics, params_file, items)
     nan = float("nan")
     typer.echo(f"eval-P {name}: mFR {summary.get('mfr', nan):.1f}  mT5D {summary.get('mt5d', nan):.1f}")
 

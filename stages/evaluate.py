@@ -11,7 +11,7 @@ from noisy_student.console import PARAMS_OPTION, friendly_errors, params_or_exit
 from noisy_student.data import load_imageset
 from noisy_student.devices import inference_dtype, resolve_device
 from noisy_student.evaluation import evaluate_classifier, per_image_predictions
-from noisy_student.io import atomic_path
+from noisy_student.io import write_csv
 from noisy_student.models import load_classifier
 from stages._common import METRICS_OPTION, MODEL_OPTION, NAME_OPTION, torch_threads
 
@@ -43,8 +43,7 @@ def main(
             {"top1": acc["top1"], "top5": acc["top5"], "images": len(data), "parameters": int(meta.get("params", 0))},
         )
         if predictions is not None:
-            with atomic_path(predictions) as tmp:
-                per_image_predictions(data.ids, data.labels, logits).to_csv(tmp, index=False)
+            write_csv(predictions, per_image_predictions(data.ids, data.labels, logits))
         tracking.rate_model(params.tracking.registered_model, model, acc["top1"])  # the champion alias
     typer.echo(f"eval {name}: top-1 {100 * acc['top1']:.2f} %  top-5 {100 * acc['top5']:.2f} %  ({spec.arch})")
 

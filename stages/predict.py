@@ -12,12 +12,7 @@ from noisy_student.data.wds import WdsDataError
 from noisy_student.devices import inference_dtype, resolve_device
 from noisy_student.distributed import process_group, rank_device
 from noisy_student.paths import UNLABELED
-from noisy_student.pseudo_labels.predict import (
-    ShardJob,
-    load_predict_inputs,
-    parse_shard,
-    predict_pseudo_labels,
-)
+from noisy_student.pseudo_labels.predict import ShardJob, load_predict_inputs, parse_shard, predict_pseudo_labels
 from noisy_student.seeds import seed_for
 from noisy_student.tracking import log_datasets, stage_run, tag_checkpoints, write_metrics
 from stages._common import METRICS_OPTION

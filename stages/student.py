@@ -34,15 +34,7 @@ def main(
     with friendly_errors():
         teacher_model, teacher_spec, _ = load_classifier(teacher)
     with friendly_errors(ValueError):  # the selected pool images, by id, repeated as filter-balance says
-        inputs, stats = student_inputs(
-            data,
-            params.data,
-            params.student.optim.label_smoothing,
-            selected,
-            teacher_spec.num_classes,
-            params.pseudo_labels.mode,
-            params.filter.confidence_threshold,
-        )
+        inputs, stats = student_inputs(data, params, selected, teacher_spec.num_classes)
     teacher_params = count_parameters(teacher_model)
     plan = RunPlan.student(params, iteration, teacher_params)
     sections = ("student", "noise", "pseudo_labels", "filter")

@@ -75,7 +75,9 @@ def _stage_outputs(stage: str, target: str | None = None) -> set[Path]:
             paths.fgsm_curve(str(target)),
             paths.fgsm_curve(str(target), "png"),
             paths.pgd_curve(str(target)),
+            paths.robustness_items("attack", str(target)),
         },
+        **{f"eval-{k}": {paths.robustness_items(k.lower(), str(target))} for k in ("A", "C", "P")},
         "report": {
             paths.REPORTS / "report.md",
             *(paths.REPORTS / f"{n}.png" for n in ("accuracy", "ablations", "fgsm", "curves")),

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -16,7 +17,7 @@ from mlflow.entities import Metric, Param
 from noisy_student.config import load_params, parse_params
 from noisy_student.report.build import write_report
 from noisy_student.report.history import mlflow_runs, training_histories
-from noisy_student.report.inputs import paired_gains
+from noisy_student.report.inputs import paired_gains, robustness_gains
 from noisy_student.report.tables import (
     ablation_table,
     iteration_table,
@@ -474,3 +475,43 @@ def test_a_supervised_baseline_splits_the_gain_into_network_and_noisy_student(tm
     # the two shares add up to the whole gain, image by image
     assert network.gain + noisy_student.gain == pytest.approx(0.20)
     assert network.p_mcnemar == pytest.approx(2 / 2**10)  # 10 of 10 disagreements one way, two-sided
+
+
+def test_robustness_gains_pair_the_same_items(tmp_path: Path) -> None:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = parse_params(raw)  # teacher -> it1, it1 -> it2, teacher -> it2
+    folder = tmp_path / "predictions"
+    folder.mkdir()
+    correct = {"teacher": 6, "it1": 8, "it2": 9}  # of 10 -A images
+    mce = {"teacher": 100.0, "it1": 90.0, "it2": 80.0}  # every image's share of mCE
+    for model in ("teacher", "it1", "it2"):
+        items = np.arange(10)
+        pd.DataFrame({"item": items, "correct": (items < correct[model]).astype(int)}).to_csv(
+            folder / f"a-{model}.csv", index=False
+        )
+        pd.DataFrame({"item": items[::-1], "mce_share": mce[model] + items[::-1]}).to_csv(
+            folder / f"c-{model}.csv",
+            index=False,  # rows in another order: joined by item
+        )
+        attack = {"item": items, "fgsm_top1_eps2": (items < 5).astype(int), "fgsm_top1_eps8": items < 3}
+        pd.DataFrame(attack | {"pgd10_top1_eps8": (items < correct[model] - 5).astype(int)}).to_csv(
+            folder / f"attack-{model}.csv", index=False
+        )
+    # it2's P file holds no rows (a released benchmark): no mFR difference for its pairs
+    pd.DataFrame(columns=["item"]).to_csv(folder / "p-it2.csv", index=False)
+    for model in ("teacher", "it1"):
+        pd.DataFrame({"item": np.arange(4), "mfr_share": [80.0, 90.0, 100.0, 110.0]}).to_csv(
+            folder / f"p-{model}.csv", index=False
+        )
+    gains = dict(robustness_gains(tmp_path, params))
+    assert list(gains) == ["teacher -> it1", "it1 -> it2", "teacher -> it2"]
+    first = gains["teacher -> it1"]
+    assert list(first) == ["A top-1", "C mCE", "P mFR", "fgsm top-1 eps8", "pgd10 top-1 eps8"]
+    assert first["A top-1"][0] == pytest.approx(20.0)  # points
+    assert first["C mCE"] == pytest.approx((-10.0, -10.0, -10.0))  # the same shift on every image
+    assert first["P mFR"] == pytest.approx((0.0, 0.0, 0.0))
+    assert first["pgd10 top-1 eps8"][0] == pytest.approx(20.0)
+    assert first["fgsm top-1 eps8"] == pytest.approx((0.0, 0.0, 0.0))
+    assert "P mFR" not in gains["it1 -> it2"] and gains["it1 -> it2"]["C mCE"][0] == pytest.approx(-10.0)
+    low, high = gains["teacher -> it2"]["A top-1"][1:]
+    assert low <= 30.0 <= high

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from noisy_student.config import DataParams, StudentNoiseParams
+from noisy_student.config import DataParams, FilterParams, OptimParams, Params, StudentNoiseParams, StudentParams
 from noisy_student.data import ImageSet, save_imageset
 from noisy_student.data.wds import read_info
 from noisy_student.distributed import World
@@ -79,8 +79,12 @@ class Prepared:
 
     def source(self, residency: str, workers: int = 0) -> TrainSource:
         """What a student of this folder trains on with ``data.residency: residency``, as the stage builds it."""
-        data = DataParams(residency=residency, workers=workers)
-        inputs, stats = student_inputs(self.folder, data, SMOOTHING, self.selected, K, "soft", threshold=0.0)
+        params = Params(
+            data=DataParams(residency=residency, workers=workers),
+            student=StudentParams(optim=OptimParams(label_smoothing=SMOOTHING)),
+            filter=FilterParams(confidence_threshold=0.0),
+        )
+        inputs, stats = student_inputs(self.folder, params, self.selected, K)
         assert stats["pseudo_labeled_rows"] == COPIES.sum() and stats["pseudo_labeled_unique"] == len(SELECTED)
         return inputs.train
 

@@ -15,7 +15,11 @@ from noisy_student.robustness.metrics import (
     flip_rate,
     masked_topk,
     mce,
+    mce_shares,
+    mce_summary,
     mfr,
+    mfr_shares,
+    mfr_summary,
     mt5d,
     relative_corruption_errors,
     top5_distance,
@@ -183,3 +187,24 @@ def test_masked_topk_imagenet_a_subset() -> None:
         masked_topk(logits, [4])
     with pytest.raises(ValueError, match="duplicates"):
         masked_topk(logits, [1, 1])
+
+
+def test_per_item_shares_average_to_mce_and_mfr() -> None:
+    rng = np.random.default_rng(0)
+    corruptions = ["a", "b", "c"]
+    wrong = rng.random((3, 5, 40)) < 0.3  # (corruption, severity, image)
+    # c: the baseline makes no error at all, so mce_summary leaves it out and so must the shares
+    baseline = {"a": {s: 0.2 * s / 5 + 0.1 for s in range(1, 6)}, "b": 0.5, "c": {s: 0.0 for s in range(1, 6)}}
+    errors = {c: {s + 1: float(wrong[i, s].mean()) for s in range(5)} for i, c in enumerate(corruptions)}
+    shares = mce_shares(wrong, corruptions, baseline)
+    assert shares.shape == (40,)
+    assert shares.mean() == pytest.approx(mce_summary(errors, baseline)["mce"])
+    # one image by hand: its errors over a's severities against a's mean baseline, and b's against 0.5, halved
+    a_mean = np.mean([0.2 * s / 5 + 0.1 for s in range(1, 6)])
+    assert shares[0] == pytest.approx(100 * (wrong[0, :, 0].mean() / a_mean + wrong[1, :, 0].mean() / 0.5) / 2)
+
+    flips = {"x": rng.random(30) * 0.2, "y": rng.random(30) * 0.1, "z": rng.random(30)}
+    base_fp = {"x": 0.05, "y": 0.02, "z": 0.0}  # z: never flips for the baseline, left out
+    fps = {p: float(f.mean()) for p, f in flips.items()}
+    assert mfr_shares(flips, base_fp).mean() == pytest.approx(mfr_summary(fps, {}, base_fp, {})["mfr"])
+    assert np.isnan(mfr_shares(flips, {"z": 0.0})).all()

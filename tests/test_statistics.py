@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from noisy_student.statistics import compare_paired, mcnemar_exact, paired_bootstrap_ci
+from noisy_student.statistics import compare_paired, mcnemar_exact, paired_bootstrap_ci, paired_mean_difference
 
 
 def _pair(both: int, a_only: int, b_only: int, neither: int) -> tuple[np.ndarray, np.ndarray]:
@@ -93,3 +93,18 @@ def test_bootstrap_interval_of_a_mean_matches_the_binomial() -> None:
     assert all(math.isnan(v) for v in bootstrap_interval(lambda w: float("nan"), 10, resamples=20))
     with pytest.raises(ValueError, match="need n >= 1"):
         bootstrap_interval(lambda w: 0.0, 0)
+
+
+def test_paired_mean_difference_by_hand() -> None:
+    # per-item shares of two models on four items: differences 1, 0, -2, 5 -> mean 1
+    a, b = np.array([3.0, 2.0, 4.0, 0.0]), np.array([4.0, 2.0, 2.0, 5.0])
+    gain, low, high = paired_mean_difference(a, b, resamples=4000)
+    assert gain == pytest.approx(1.0)
+    # a resample's mean lies between the smallest and largest difference, and the interval holds the middle
+    assert -2.0 <= low < gain < high <= 5.0
+    assert paired_mean_difference(a, a) == (0.0, 0.0, 0.0)  # no difference anywhere: a zero-width interval
+    # 0/1 correctness: the gain is the accuracy difference, as compare_paired computes it
+    x, y = _pair(both=50, a_only=5, b_only=15, neither=30)
+    assert paired_mean_difference(x, y)[0] == pytest.approx(compare_paired(x, y).gain)
+    with pytest.raises(ValueError, match="same items"):
+        paired_mean_difference(a, b[:3])

@@ -9,7 +9,10 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def _umask() -> int:
@@ -76,6 +79,12 @@ def write_json(path: str | Path, data: Any) -> None:
     """Write ``data`` as pretty, strict JSON atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(_finite(data), indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def write_csv(path: str | Path, frame: pd.DataFrame) -> None:
+    """Write a table as CSV without its index, atomically."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
 
 
 def save_torch(obj: Any, path: str | Path) -> None:

@@ -132,6 +132,12 @@ def test_predictions(model: str, metrics: Path = METRICS) -> Path:
     return metrics / "predictions" / f"eval-{model}.csv"
 
 
+def robustness_items(kind: str, model: str, metrics: Path = METRICS) -> Path:
+    """Per-item values of a robustness evaluation that the report pairs models on: ``kind`` ``a`` (correct per
+    image), ``c`` (mCE share per image), ``p`` (mFR share per sequence), ``attack`` (correct per image and attack)."""
+    return metrics / "predictions" / f"{kind}-{model}.csv"
+
+
 def confidence_plot(iteration: str, metrics: Path = METRICS) -> Path:
     return metrics / "plots" / f"confidence-{iteration}.png"
 

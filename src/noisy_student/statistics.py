@@ -105,6 +105,22 @@ def compare_paired(
     )
 
 
+def paired_mean_difference(
+    a: np.ndarray, b: np.ndarray, resamples: int = DEFAULT_RESAMPLES, level: float = DEFAULT_LEVEL, seed: int = 0
+) -> tuple[float, float, float]:
+    """Mean of ``b - a`` over paired items (the same images or sequences) and its bootstrap interval.
+
+    For metrics that are means over items (accuracy as 0/1 per image, an mCE or mFR share per item):
+    the difference of two models' metric is the mean of the per-item differences, resampled item by item.
+    """
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
+        raise ValueError(f"expected two non-empty 1-D arrays over the same items, got shapes {a.shape} and {b.shape}")
+    d = b - a
+    low, high = bootstrap_interval(lambda w: float(d @ w) / len(d), len(d), resamples, level, seed)
+    return float(d.mean()), low, high
+
+
 def bootstrap_interval(
     statistic: Callable[[np.ndarray], float],
     n: int,

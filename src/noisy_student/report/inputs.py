@@ -10,12 +10,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from noisy_student.config import Params
-from noisy_student.paths import TEACHER, metrics_file, supervised_model, test_predictions
+from noisy_student.paths import TEACHER, metrics_file, robustness_items, supervised_model, test_predictions
 from noisy_student.seeds import seed_for
-from noisy_student.statistics import PairedComparison, compare_paired
+from noisy_student.statistics import PairedComparison, compare_paired, paired_mean_difference
 from noisy_student.tracking import flatten
 
 # column prefix in the per-model frame -> the stage whose metrics file (paths.metrics_file) fills it
@@ -93,15 +94,11 @@ def paired_comparison(a: pd.Series, b: pd.Series, seed: int) -> PairedComparison
     return compare_paired(a.to_numpy(), b[a.index].to_numpy(), seed=seed)
 
 
-def paired_gains(metrics: Path, params: Params) -> list[tuple[str, PairedComparison | None]]:
-    """Each student against the model that labeled its pool, and the last student against the first teacher,
-    on the same test images (joined by id): label ``"teacher -> it1"`` and its comparison, None where a
-    model's per-image predictions are missing or the two were scored on different images.
-
-    An evaluated same-network baseline ``supervised-<it>`` splits the gain: ``teacher -> supervised-it1`` is
-    the larger network's share, ``supervised-it1 -> itN`` Noisy Student's, for every iteration whose
-    student has that network.
-    """
+def comparison_pairs(params: Params) -> list[tuple[str, str]]:
+    """The (A, B) model pairs the report compares: each student against the model that labeled its pool, the
+    last student against the first teacher, and an evaluated same-network baseline ``supervised-<it>``
+    against the teacher (the larger network's share) and against every student with that network (Noisy
+    Student's share)."""
     pairs = [(it.teacher, name) for name, it in params.iterations.items()]
     last = list(params.iterations)[-1] if params.iterations else None
     if last is not None and params.iterations[last].teacher != TEACHER:
@@ -112,6 +109,13 @@ def paired_gains(metrics: Path, params: Params) -> list[tuple[str, PairedCompari
         if (baseline := supervised_model(it)) in params.evaluate:
             pairs.append((TEACHER, baseline))
             pairs += [(baseline, name) for name, network in networks.items() if network == networks[it]]
+    return pairs
+
+
+def paired_gains(metrics: Path, params: Params) -> list[tuple[str, PairedComparison | None]]:
+    """:func:`comparison_pairs` on the same test images (joined by id): label ``"teacher -> it1"`` and its
+    comparison, None where a model's per-image predictions are missing or the two saw different images."""
+    pairs = comparison_pairs(params)
     correct = {}
     for model in {m for pair in pairs for m in pair}:
         path = test_predictions(model, metrics)
@@ -121,4 +125,44 @@ def paired_gains(metrics: Path, params: Params) -> list[tuple[str, PairedCompari
     for a, b in pairs:
         ca, cb = correct[a], correct[b]
         out.append((f"{a} -> {b}", paired_comparison(ca, cb, seed) if ca is not None and cb is not None else None))
+    return out
+
+
+# per-item file kind (metrics/predictions/<kind>-<model>.csv) -> its column, the report's label, the scale to points
+ROBUSTNESS_ITEMS = {
+    "a": ("correct", "A top-1", 100.0),
+    "c": ("mce_share", "C mCE", 1.0),
+    "p": ("mfr_share", "P mFR", 1.0),
+}
+
+
+def _item_values(path: Path, column: str) -> np.ndarray | None:
+    """A per-item column in item order; None when the file, the column or its rows are missing."""
+    if not path.is_file():
+        return None
+    table = pd.read_csv(path)
+    return table.sort_values("item")[column].to_numpy(float) if column in table and len(table) else None
+
+
+def robustness_gains(metrics: Path, params: Params) -> list[tuple[str, dict[str, tuple[float, float, float]]]]:
+    """Each :func:`comparison_pairs` pair on the same robustness images (sequences): per metric the mean
+    difference B - A with its paired bootstrap 95 % interval, ``{label: (gain, low, high)}``. Accuracies in
+    points, mCE / mFR in their own units (x100, lower is better); of the attacks, FGSM at its largest epsilon
+    and PGD. A metric is left out where either model's per-item file is missing (a released benchmark writes
+    none) or the two cover other items."""
+    seed = seed_for(params.seed, "bootstrap")
+    out = []
+    for a, b in comparison_pairs(params):
+        columns = list(ROBUSTNESS_ITEMS.items())
+        if (attack := robustness_items("attack", a, metrics)).is_file():
+            names = list(pd.read_csv(attack, nrows=0).columns)
+            fgsm = [c for c in names if c.startswith("fgsm_")][-1:]
+            columns += [("attack", (c, c.replace("_top1_", " top-1 "), 100.0)) for c in fgsm + names[-1:]]
+        gains: dict[str, tuple[float, float, float]] = {}
+        for kind, (column, label, scale) in columns:
+            va, vb = (_item_values(robustness_items(kind, m, metrics), column) for m in (a, b))
+            if va is not None and vb is not None and va.shape == vb.shape:
+                gain, low, high = paired_mean_difference(va, vb, seed=seed)
+                gains[label] = (scale * gain, scale * low, scale * high)
+        out.append((f"{a} -> {b}", gains))
     return out

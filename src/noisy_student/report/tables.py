@@ -163,6 +163,18 @@ def paired_table(
     return out
 
 
+def robustness_gain_table(
+    gains: Sequence[tuple[str, dict[str, tuple[float, float, float]]]], experiment: str = BASELINE
+) -> pd.DataFrame:
+    """One row per compared pair: each robustness metric's paired difference B - A as ``+gain [low, high]``."""
+    rows = [
+        {"experiment": experiment, "models (A -> B)": label}
+        | {metric: f"{g:+.2f} [{low:+.2f}, {high:+.2f}]" for metric, (g, low, high) in metrics.items()}
+        for label, metrics in gains
+    ]
+    return pd.DataFrame(rows)
+
+
 def _latest_per_name(runs: pd.DataFrame) -> pd.DataFrame:
     """The newest run of every run name (a group may hold reruns; the last one is the current result)."""
     return runs.sort_values("start_time").groupby("run_name", sort=False).tail(1)

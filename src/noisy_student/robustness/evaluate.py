@@ -49,7 +49,9 @@ from noisy_student.robustness.metrics import (
     TOP5_MIN_CLASSES,
     flip_probability,
     masked_topk,
+    mce_shares,
     mce_summary,
+    mfr_shares,
     mfr_summary,
     top5_distance,
 )
@@ -140,12 +142,17 @@ def load_embedded_set(folder: Path, kind: Literal["a", "c", "p"], model: Path, p
     return EmbeddedSet(arrays, baseline, load_model_under_test(model, params), seed_for(params.seed, "bootstrap"))
 
 
-def evaluate_embedded_c(s: EmbeddedSet, test: Path, desc: str = "eval-C") -> dict[str, float]:
+def _items(column: str, values: np.ndarray) -> pd.DataFrame:
+    """Per-item values of an embedded set (``item``: the position in the set, the same for every model)."""
+    return pd.DataFrame({"item": np.arange(len(values)), column: values})
+
+
+def evaluate_embedded_c(s: EmbeddedSet, test: Path, desc: str = "eval-C") -> tuple[dict[str, float], pd.DataFrame]:
     """Errors per corruption and severity, CE normalised by the reference model, mCE, relative mCE.
 
     ``s.arrays["images"]``: ``(corruptions, severities, N, H, W[, C])`` uint8. ``test``: the clean
     test split, for the model's clean error (the reference's is on the full split too). Returns
-    ``clean_error`` and the keys of ``metrics.mce_summary``.
+    ``clean_error`` and the keys of ``metrics.mce_summary``, and each image's ``mce_share``.
     """
     images, labels, m = s.arrays["images"], s.arrays["labels"], s.model
     corruptions = s.arrays["corruptions"].tolist()
@@ -157,24 +164,20 @@ def evaluate_embedded_c(s: EmbeddedSet, test: Path, desc: str = "eval-C") -> dic
     clean_logits = m.logits(images_tensor(clean.images))
     clean_error = _top1_error(clean_logits, clean.labels)
     base = {c: {int(sev): e for sev, e in by_sev.items()} for c, by_sev in s.baseline["c_errors"].items()}
-
-    def errors_at(weights: np.ndarray) -> dict[str, dict[int, float]]:
-        rates = wrong @ weights / len(labels)  # (corruption, severity)
-        return {c: {j + 1: float(rates[i, j]) for j in range(wrong.shape[1])} for i, c in enumerate(corruptions)}
-
     errors = {c: {j + 1: float(wrong[i, j].mean()) for j in range(wrong.shape[1])} for i, c in enumerate(corruptions)}
     summary = mce_summary(errors, base, clean_error, s.baseline["clean_error"])
-    low, high = bootstrap_interval(
-        lambda w: mce_summary(errors_at(w), base).get("mce", float("nan")), len(labels), seed=s.seed
-    )
-    return {"clean_error": clean_error, **summary, "mce_ci_low": low, "mce_ci_high": high}
+    shares = mce_shares(wrong, corruptions, base)
+    low, high = bootstrap_interval(lambda w: float(shares @ w) / len(shares), len(shares), seed=s.seed)
+    metrics = {"clean_error": clean_error, **summary, "mce_ci_low": low, "mce_ci_high": high}
+    return metrics, _items("mce_share", shares)
 
 
-def evaluate_embedded_p(s: EmbeddedSet, desc: str = "eval-P") -> dict[str, float]:
+def evaluate_embedded_p(s: EmbeddedSet, desc: str = "eval-P") -> tuple[dict[str, float], pd.DataFrame]:
     """Flip probability ``fp_<p>`` per perturbation, FR / mFR and T5D / mT5D normalised by the reference.
 
     ``s.arrays["images"]``: ``(perturbations, N, T, H, W[, C])`` uint8. Returns the keys of
-    ``metrics.mfr_summary`` and ``fp_<p>``; top-5 distances only for models with >= 5 classes.
+    ``metrics.mfr_summary`` and ``fp_<p>`` (top-5 distances only for models with >= 5 classes), and
+    each sequence's ``mfr_share``.
     """
     seqs, m = s.arrays["images"], s.model
     n, t = seqs.shape[1], seqs.shape[2]
@@ -186,31 +189,23 @@ def evaluate_embedded_p(s: EmbeddedSet, desc: str = "eval-P") -> dict[str, float
         logits = m.logits(frames).reshape(n, t, -1)
         _stability(logits, pert, fps, t5ds, top5=logits.shape[-1] >= TOP5_MIN_CLASSES)
         flips[pert] = np.array([flip_probability(p[None], pert in NOISE_PERTURBATIONS) for p in logits.argmax(-1)])
-    base_fp = s.baseline["p_flip_probability"]
-    summary = mfr_summary(fps, t5ds, base_fp, s.baseline["p_top5_distance"])
-
-    def mfr_at(weights: np.ndarray) -> float:
-        resampled = {p: float(f @ weights / n) for p, f in flips.items()}
-        return mfr_summary(resampled, {}, base_fp, {}).get("mfr", float("nan"))
-
-    low, high = bootstrap_interval(mfr_at, n, seed=s.seed)  # over sequences
-    return {**summary, **{f"fp_{k}": v for k, v in fps.items()}, "mfr_ci_low": low, "mfr_ci_high": high}
+    summary = mfr_summary(fps, t5ds, s.baseline["p_flip_probability"], s.baseline["p_top5_distance"])
+    shares = mfr_shares(flips, s.baseline["p_flip_probability"])
+    low, high = bootstrap_interval(lambda w: float(shares @ w) / n, n, seed=s.seed)  # over sequences
+    metrics = {**summary, **{f"fp_{k}": v for k, v in fps.items()}, "mfr_ci_low": low, "mfr_ci_high": high}
+    return metrics, _items("mfr_share", shares)
 
 
-def evaluate_embedded_a(s: EmbeddedSet) -> dict[str, float]:
-    """Top-1 / top-5 (0..1) on the test images the reference model misclassifies, and their count."""
+def evaluate_embedded_a(s: EmbeddedSet) -> tuple[dict[str, float], pd.DataFrame]:
+    """Top-1 / top-5 (0..1) on the test images the reference model misclassifies, their count, and
+    whether each is ``correct`` (top-1)."""
     m, labels = s.model, s.arrays["labels"]
     logits = m.logits(images_tensor(s.arrays["images"]))
     acc = topk_accuracy(logits, labels)
     correct = (logits.argmax(1) == labels).astype(float)
     low, high = bootstrap_interval(lambda w: float(correct @ w) / len(correct), len(correct), seed=s.seed)
-    return {
-        "top1": acc["top1"],
-        "top5": acc["top5"],
-        "images": int(len(labels)),
-        "top1_ci_low": low,
-        "top1_ci_high": high,
-    }
+    metrics = {"top1": acc["top1"], "top5": acc["top5"], "images": int(len(labels))}
+    return metrics | {"top1_ci_low": low, "top1_ci_high": high}, _items("correct", correct.astype(int))
 
 
 # --- the released benchmarks ------------------------------------------------------------------------
@@ -439,6 +434,13 @@ class AttackResult:
     images: int
     # 95 % bootstrap interval over the attacked images, per metric key of :meth:`metrics`
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # whether each attacked image stays correctly classified, per metric key of :meth:`metrics`
+    correct: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def items(self) -> pd.DataFrame:
+        """Per attacked image (``item``: its position in the seeded subset): 1 where it stays correct, per key."""
+        n = len(next(iter(self.correct.values()))) if self.correct else 0
+        return pd.DataFrame({"item": np.arange(n), **{k: c.astype(int) for k, c in self.correct.items()}})
 
     def metrics(self) -> dict[str, float]:
         """``fgsm_top1_eps<e>``, ``pgd<steps>_top1_eps<e>`` (with ``_ci_low`` / ``_ci_high`` where an interval
@@ -487,7 +489,8 @@ def evaluate_attacks(model: ModelUnderTest, data: ImageSet, params: Params) -> A
     seed, n = seed_for(params.seed, "bootstrap"), len(idx)
     intervals = {k: bootstrap_interval(lambda w, c=c: float(c @ w) / n, n, seed=seed) for k, c in correct.items()}
     fgsm_top1 = {eps: float(c.mean()) for eps, c in fgsm.items()}
-    return AttackResult(fgsm_top1, r.pgd_steps, r.pgd_epsilon, float(pgd[r.pgd_epsilon].mean()), n, intervals)
+    pgd_top1 = float(pgd[r.pgd_epsilon].mean())
+    return AttackResult(fgsm_top1, r.pgd_steps, r.pgd_epsilon, pgd_top1, n, intervals, correct)
 
 
 def save_attack_curve(result: AttackResult, path: Path, pgd_path: Path | None = None) -> None:
@@ -509,11 +512,12 @@ class RobustnessEval:
     """One -A / -C / -P benchmark of one model, its inputs read: the embedded set or the released one.
 
     ``datasets``: what the stage logs as its evaluation inputs; ``run(desc)`` computes the metrics
-    dict (``desc`` labels the progress bar).
+    dict and the per-item values the report pairs models on (``desc`` labels the progress bar); the
+    released benchmarks have no per-item values yet (a frame with the ``item`` column only).
     """
 
     datasets: tuple[Path, ...]
-    run: Callable[[str], dict[str, Any]]
+    run: Callable[[str], tuple[dict[str, Any], pd.DataFrame]]
 
 
 def load_robustness_eval(
@@ -529,10 +533,11 @@ def load_robustness_eval(
     release_dir = {"A": r.imagenet_a_dir, "C": r.imagenet_c_dir, "P": r.imagenet_p_dir}[benchmark]
     if release_dir:
         release = load_release(model, params, benchmark)
-        released: dict[str, Callable[[str], dict[str, Any]]] = {
-            "A": lambda desc: evaluate_imagenet_a(release),
-            "C": lambda desc: evaluate_imagenet_c(release, r, desc),
-            "P": lambda desc: evaluate_imagenet_p(release, r, desc),
+        no_items = pd.DataFrame(columns=["item"])
+        released: dict[str, Callable[[str], tuple[dict[str, Any], pd.DataFrame]]] = {
+            "A": lambda desc: (evaluate_imagenet_a(release), no_items),
+            "C": lambda desc: (evaluate_imagenet_c(release, r, desc), no_items),
+            "P": lambda desc: (evaluate_imagenet_p(release, r, desc), no_items),
         }
         return RobustnessEval((Path(release_dir),), released[benchmark])
     kind: Literal["a", "c", "p"] = benchmark.lower()  # type: ignore[assignment]
@@ -544,7 +549,7 @@ def load_robustness_eval(
         return RobustnessEval(
             (robustness_set_file(kind, data), clean), lambda desc: evaluate_embedded_c(embedded, clean, desc)
         )
-    runs: dict[str, Callable[[str], dict[str, Any]]] = {
+    runs: dict[str, Callable[[str], tuple[dict[str, Any], pd.DataFrame]]] = {
         "A": lambda desc: evaluate_embedded_a(embedded),
         "P": lambda desc: evaluate_embedded_p(embedded, desc),
     }

@@ -221,6 +221,39 @@ def mce_summary(
     return summary
 
 
+def mce_shares(wrong: np.ndarray, corruptions: Sequence[str], baseline: Baseline) -> np.ndarray:
+    """Each image's share of mCE (x100): its mean over the images is :func:`mce_summary`'s ``mce``.
+
+    ``wrong``: ``(corruptions, severities, N)`` bool, image n misclassified at corruption c, severity
+    s + 1. The baseline's errors are constants, so mCE is a mean over images of these shares, and two
+    models' mCE on the same images compare image by image (a paired bootstrap over the shares).
+    Corruptions where the baseline makes no error are left out, as :func:`mce_summary` does; none
+    left: NaN shares.
+    """
+    wrong = np.asarray(wrong, dtype=float)
+    severities = range(1, wrong.shape[1] + 1)
+    shares, scored = np.zeros(wrong.shape[2]), 0
+    for i, corruption in enumerate(corruptions):
+        base = baseline[corruption]
+        base_mean = float(np.mean([base[s] for s in severities])) if isinstance(base, Mapping) else float(base)
+        if base_mean > 0:
+            shares += 100.0 * wrong[i].mean(0) / base_mean
+            scored += 1
+    return shares / scored if scored else np.full(wrong.shape[2], np.nan)
+
+
+def mfr_shares(flips: Mapping[str, np.ndarray], baseline_fp: Mapping[str, float]) -> np.ndarray:
+    """Each sequence's share of mFR (x100): its mean over the sequences is :func:`mfr_summary`'s ``mfr``.
+
+    ``flips[p]``: ``(N,)`` the flip probability of each sequence under perturbation ``p`` (its mean is
+    FP_p). Perturbations the baseline never flips on are left out, as :func:`mfr_summary` does.
+    """
+    scored = [p for p, v in baseline_fp.items() if v > 0 and p in flips]
+    if not scored:
+        return np.full(len(next(iter(flips.values()))), np.nan)
+    return sum(100.0 * np.asarray(flips[p], float) / baseline_fp[p] for p in scored) / len(scored)
+
+
 def _frame_pairs(num_frames: int, noise_sequence: bool) -> tuple[np.ndarray, np.ndarray]:
     """Indices (earlier, later) of the frame pairs compared in a sequence of ``num_frames``."""
     if num_frames < 2:

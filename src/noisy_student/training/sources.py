@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from noisy_student.config import DataParams
+from noisy_student.config import DataParams, Params
 from noisy_student.data import ImageSet, class_count, load_imageset
 from noisy_student.data.wds import check_tars, iter_tar, read_info, split_path
 from noisy_student.evaluation import images_tensor
@@ -70,20 +70,17 @@ def teacher_inputs(prepared: Path, data: DataParams, smoothing: float) -> Traini
 
 
 def student_inputs(
-    prepared: Path,
-    data: DataParams,
-    smoothing: float,
-    selected: Path,
-    num_classes: int,
-    mode: Literal["soft", "hard"],
-    threshold: float,
+    prepared: Path, params: Params, selected: Path, num_classes: int
 ) -> tuple[TrainingInputs, dict[str, Any]]:
     """The student's labeled + pseudo-labeled + test data, and the pseudo-label stats the stage reports.
 
-    In memory: the selected pool images (found by id) repeated by their copies, as host tensors;
-    streamed: the selected ids with their tars, targets and copies, read from the unlabeled tars
-    while training. ``smoothing``: the student's label smoothing (labeled images only).
+    ``params``: the iteration's (``data`` residency, the student's label smoothing for labeled images,
+    ``pseudo_labels.mode``, ``filter.confidence_threshold``). In memory: the selected pool images (found
+    by id) repeated by their copies, as host tensors; streamed: the selected ids with their tars,
+    targets and copies, read from the unlabeled tars while training.
     """
+    data, smoothing = params.data, params.student.optim.label_smoothing
+    mode, threshold = params.pseudo_labels.mode, params.filter.confidence_threshold
     test = load_imageset(split_path(prepared, "test"))
     labeled_path, unlabeled_path = split_path(prepared, "labeled"), split_path(prepared, "unlabeled")
     chosen, stats = student_targets(selected, num_classes, mode, threshold=threshold)
