@@ -366,10 +366,13 @@ def test_report_entry_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         assert f"]({png})" in text  # linked relative to the report
     # the three tables, parsed back from the Markdown
     tables = [pd.read_csv(_pipe_table(block), sep="|") for block in text.split("\n\n") if block.startswith("| ")]
-    assert len(tables) == 5, text
-    summary, intervals, iterations, paired, ablations = (
-        t.set_index(t.columns[1 if i < 4 else 0]) for i, t in enumerate(tables)
+    assert len(tables) == 6, text
+    summary, intervals, iterations, paired, robustness, ablations = (
+        t.set_index(t.columns[1 if i < 5 else 0]) for i, t in enumerate(tables)
     )
+    # no per-item robustness files here: the pairs are listed without values (tested with files below)
+    assert list(robustness.index) == ["teacher -> it1", "it1 -> it2", "teacher -> it2"]
+    assert list(robustness.columns) == ["experiment"]
     # the intervals where the stages wrote them; the value alone for metrics without one
     assert intervals.loc["teacher", "C mCE"] == "100.0 [95.0, 104.2]"
     assert float(intervals.loc["teacher", "P mFR"]) == 80.0 and pd.isna(intervals.loc["it2", "P mFR"])

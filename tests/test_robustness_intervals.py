@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -44,8 +45,13 @@ def test_c_interval_brackets_the_mce(tmp_path: Path) -> None:
     save_imageset(test, ImageSet(_images(labels), labels, np.arange(400), np.full(400, "fashion_mnist")))
     baseline = {"clean_error": 0.1, "c_errors": {c: {"1": 0.5, "2": 0.6} for c in ("blur", "noise")}}
     arrays = {"images": images, "labels": labels, "corruptions": np.array(["blur", "noise"])}
-    out = evaluate_embedded_c(EmbeddedSet(arrays, baseline, MODEL, seed=3), test)
+    out, items = evaluate_embedded_c(EmbeddedSet(arrays, baseline, MODEL, seed=3), test)
     assert out["clean_error"] == 0.0
+    # each image's share of mCE: its errors over both corruptions' severities, against 1.1 summed per corruption
+    wrong = np.array([[s != labels for s in by_sev] for by_sev in shifted])  # (corruption, severity, image)
+    assert list(items["item"]) == list(range(400))
+    assert np.allclose(items["mce_share"], 100 * wrong.sum(axis=(0, 1)) / 1.1 / 2)
+    assert items["mce_share"].mean() == pytest.approx(out["mce"])
     assert out["mce_ci_low"] < out["mce"] < out["mce_ci_high"]
     # CE = (e1 + e2) / 1.1 x 100 with e ~ 0.2 and 0.4 on 400 images: the interval is a few points wide
     assert 45 < out["mce"] < 65 and 3 < out["mce_ci_high"] - out["mce_ci_low"] < 20
@@ -61,7 +67,8 @@ def test_p_interval_is_over_sequences_and_a_interval_over_images() -> None:
     seqs = np.stack([_images(levels.reshape(-1)).reshape(n, t, 8, 8)])
     baseline = {"p_flip_probability": {"translate": 0.5}, "p_top5_distance": {}}
     arrays = {"images": seqs, "perturbations": np.array(["translate"])}
-    out = evaluate_embedded_p(EmbeddedSet(arrays, baseline, MODEL, seed=0))
+    out, items = evaluate_embedded_p(EmbeddedSet(arrays, baseline, MODEL, seed=0))
+    assert np.allclose(items["mfr_share"], 100 * flips / 3 / 0.5)  # per sequence: 1 of 3 pairs flips, or none
     # frame-to-frame pairs: a flipping sequence flips on 1 of its 3 pairs
     assert out["fp_translate"] == flips.mean() / 3
     assert out["mfr"] == 100 * out["fp_translate"] / 0.5
@@ -70,7 +77,7 @@ def test_p_interval_is_over_sequences_and_a_interval_over_images() -> None:
     labels = rng.integers(0, 10, 200)
     right = rng.random(200) < 0.6
     arrays = {"images": _images(np.where(right, labels, (labels + 1) % 10)), "labels": labels}
-    out = evaluate_embedded_a(EmbeddedSet(arrays, {}, MODEL, seed=0))
-    assert out["top1"] == right.mean()
+    out, items = evaluate_embedded_a(EmbeddedSet(arrays, {}, MODEL, seed=0))
+    assert out["top1"] == right.mean() and (items["correct"] == right).all()
     half = 1.96 * np.sqrt(right.mean() * (1 - right.mean()) / 200)
     assert abs((out["top1_ci_high"] - out["top1_ci_low"]) / 2 - half) < 0.015
