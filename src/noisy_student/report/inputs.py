@@ -156,8 +156,9 @@ def robustness_gains(metrics: Path, params: Params) -> list[tuple[str, dict[str,
         columns = list(ROBUSTNESS_ITEMS.items())
         if (attack := robustness_items("attack", a, metrics)).is_file():
             names = list(pd.read_csv(attack, nrows=0).columns)
-            fgsm = [c for c in names if c.startswith("fgsm_")][-1:]
-            columns += [("attack", (c, c.replace("_top1_", " top-1 "), 100.0)) for c in fgsm + names[-1:]]
+            # FGSM at its largest epsilon (columns in epsilon order) and PGD, picked by name, not position
+            shown = [c for c in names if c.startswith("fgsm_")][-1:] + [c for c in names if c.startswith("pgd")]
+            columns += [("attack", (c, c.replace("_top1_", " top-1 "), 100.0)) for c in shown]
         gains: dict[str, tuple[float, float, float]] = {}
         for kind, (column, label, scale) in columns:
             va, vb = (_item_values(robustness_items(kind, m, metrics), column) for m in (a, b))
