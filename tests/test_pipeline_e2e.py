@@ -84,6 +84,11 @@ def test_repro_exp_run_and_push(reproduced_micro: tuple[Path, str]) -> None:
 
     # nothing changed: nothing reruns
     assert "Stage 'teacher' didn't change" in run(DVC + ["repro"], repo).stdout
+    # DVC's run cache keeps the training stages: after a seed-1 teacher, going back to seed 0 restores the first
+    # teacher rather than training it again (a stage with a git-tracked `out`, not a plot or metric, is not kept)
+    run(DVC + ["exp", "run", "-n", "seed1", "-S", "seed=1", "teacher"], repo)
+    back = run(DVC + ["exp", "run", "-n", "seed0", "-S", "seed=0", "teacher"], repo).stdout
+    assert "Stage 'teacher' is cached - skipping run" in back, back
 
     # the -S overrides rerun only what depends on the student (noise; FixRes finetune at 32 px) and add the
     # same-network baseline (trained and evaluated; the teacher is not retrained)
