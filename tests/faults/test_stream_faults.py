@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -109,21 +110,27 @@ def test_a_killed_loader_worker_stops_the_teacher_in_one_line_and_the_rerun_resu
     stage = subprocess.Popen(_stage(work, "teacher"), cwd=ROOT, env=_env(work), stderr=subprocess.PIPE, text=True)
     assert wait_for_state(work / ".checkpoints", "teacher", 6, 8, stage), "the teacher ended before a state"
     deadline = time.time() + 180
-    killed = None  # the loaders are built afresh every epoch: their workers come and go
-    while killed is None and stage.poll() is None and time.time() < deadline:
+    # the loaders are built afresh every epoch: their workers come and go, and a worker killed while its epoch's
+    # loader is being discarded is only reported by torch as an ignored exception (no batch of it is lost), so
+    # kill workers until a kill lands in a loader still serving batches and the stage stops
+    killed: set[int] = set()
+    while stage.poll() is None and time.time() < deadline:
         for proc in psutil.Process(stage.pid).children():
             try:
-                if proc.name() == "pt_data_worker":
+                if proc.pid not in killed and proc.name() == "pt_data_worker":
                     os.kill(proc.pid, signal.SIGKILL)
-                    killed = proc.pid
+                    killed.add(proc.pid)
                     break
             except (psutil.Error, ProcessLookupError):
                 continue
-    assert killed is not None, "the teacher ended before the kill"
+        time.sleep(0.01)
+    assert killed, "the teacher ended before the kill"
     _, err = stage.communicate(timeout=120)
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert stage.returncode == 1 and len(lines) == 1, err
-    assert lines[0].startswith(f"error: [teacher] DataLoader worker (pid {killed}) is killed by signal")
+    # torch names the worker either way, depending on whether its signal handler or its status check saw it first
+    pid = re.search(r"DataLoader worker \(pid(?:\(s\))? (\d+)\) (?:is killed by signal|exited unexpectedly)", lines[0])
+    assert lines[0].startswith("error: [teacher] ") and pid and int(pid.group(1)) in killed, lines[0]
     assert lines[0].endswith("run the stage again to resume") and "Traceback" not in err
     assert not (work / "teacher.pt").exists()
 
