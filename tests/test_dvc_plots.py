@@ -97,7 +97,7 @@ def test_every_model_and_iteration_has_its_plots(tmp_path: Path) -> None:
         assert str(data) in outs and data.parent == paths.CONFIDENCE and not outs[str(data)].plot
     # DVC's run cache keeps no stage with a git-tracked plain out (cache: false, neither metric nor plot): every
     # training stage qualifies, so it is restored rather than retrained (the e2e test restores a teacher)
-    training = [s for s in stages if s.name.split("@")[0] in ("teacher", "student", "supervised")]
+    training = [s for s in stages if paths.parse_run_name(s.name)[0] in ("teacher", "student", "supervised")]
     assert len(training) == 1 + len(params["iterations"])
     for stage in training:
         assert all(o.use_cache or o.is_metric or o.is_plot for o in stage.outs), stage.name
@@ -142,8 +142,10 @@ def test_plots_diff_overlays_two_experiments(reproduced_micro: tuple[Path, str])
     student = _series(specs["metrics/curves/student-it1.csv"])
     assert set(student) == {(r, "test_top1") for r in revs}
     committed = run(["git", "show", "HEAD:metrics/curves/student-it1.csv"], repo).stdout
-    for rev, curve in (("HEAD", io.StringIO(committed)), ("mag2", repo / "metrics" / "curves" / "student-it1.csv")):
-        assert student[rev, "test_top1"] == list(pd.read_csv(curve)["test_top1"].dropna()), rev
+    curves = {"HEAD": pd.read_csv(io.StringIO(committed)), "mag2": pd.read_csv(repo / "metrics/curves/student-it1.csv")}
+    for rev, curve in curves.items():
+        assert student[rev, "test_top1"] == list(curve["test_top1"].dropna()), rev
+    assert list(curves["HEAD"]["train_loss"]) != list(curves["mag2"]["train_loss"])  # the experiment's curve moved
     assert len(student["HEAD", "test_top1"]) == 1  # one epoch, evaluated once; no value drawn elsewhere
     teacher = _series(specs["metrics/curves/teacher.csv"])
     assert teacher["HEAD", "test_top1"] == teacher["mag2", "test_top1"]  # not rerun by the experiment
