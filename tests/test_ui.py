@@ -19,8 +19,9 @@ import yaml
 
 STARTUP_S = 60  # mlflow imports a lot; on a small shared CPU the first answer takes a while
 # mlflow's job runner and its huey consumers notice their server is gone by polling once a second, but a consumer
-# still importing when the signal comes polls only afterwards: 15 s was once too short on a loaded 2-core box
-STOP_S = 60
+# still importing when the signal comes polls only afterwards: 15 s was once too short on a loaded 2-core box, and
+# 30 s for mlflow ui's own exit once too short in CI; the bound only costs time when something really is left
+STOP_S = 120
 
 
 def free_port() -> int:
@@ -99,7 +100,8 @@ def test_signal_leaves_no_process(tmp_path: Path, signum: signal.Signals) -> Non
         seen = session_processes(sid) + psutil.Process(proc.pid).children(recursive=True)
         assert len(running(seen)) > 1, "mlflow ui started no worker process: nothing to check"
         proc.send_signal(signum)
-        proc.wait(timeout=30)
+        # mlflow ui itself counts too: after uvicorn has gone, its interpreter still spends seconds in the final
+        # garbage collection (py-spy: gc_collect_main), 8 s idle and 16 s under load on a 2-core box
         deadline = time.monotonic() + STOP_S
         while (left := running(seen + session_processes(sid))) and time.monotonic() < deadline:
             time.sleep(0.5)

@@ -52,7 +52,10 @@ def ui_command(
     url = training_runs_url(f"http://{host}:{port}", params.tracking.experiment)
     typer.echo(f"open {url}")
     uri = tracking_uri()
+    # one uvicorn worker, not mlflow's 4: a UI for one person needs no more, and each worker imports all of mlflow
+    # (~10 s of CPU on a 2-core box), which delays both its start and a SIGTERM that arrives during the import
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    command += ["--workers", "1"]
     # Become mlflow rather than wait on it as a child: SIGTERM / SIGINT then reach mlflow ui itself, which
     # forwards them to uvicorn, and its job runner (huey consumers) exits once uvicorn is gone
     # (tests/test_ui.py). A child would outlive us with all its workers. Flush first: exec drops the buffer.
