@@ -16,9 +16,10 @@ run: setup
 quick: setup
 	bash scripts/quick.sh
 
-## make test: install everything, then run the lint (make lint) and the test suite
+## make test: install everything, then run the lint (make lint) and the test suite; its log ends with the 20
+## slowest tests, where CI's 20-minute budget goes
 test: lint
-	python -m pytest -n 2 --dist loadgroup
+	python -m pytest -n 2 --dist loadgroup --durations=20
 
 lint: setup
 	ruff check .
